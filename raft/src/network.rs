@@ -1,0 +1,357 @@
+//! The peer transport: Raft RPCs and forwarded client commands between nodes, as HTTP POSTs with
+//! bincode bodies on the peer listener.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `/raft/append` | `AppendEntriesRequest` | `Result<AppendEntriesResponse, RaftError>` |
+//! | `/raft/vote` | `VoteRequest` | `Result<VoteResponse, RaftError>` |
+//! | `/raft/snapshot` | `InstallSnapshotRequest` (one chunk) | `Result<InstallSnapshotResponse, RaftError<InstallSnapshotError>>` |
+//! | `/raft/write` | `Request` (a batch, from a follower) | `Result<Response, PeerError>` |
+//! | `/raft/read_index` | `()` | `Result<Option<LogId>, PeerError>` |
+//!
+//! Every request carries the cluster secret (when one is configured) in `x-st2kv-peer-secret`;
+//! the server compares it in constant time and answers 401 without it. The same `PeerClient`
+//! (one pooled reqwest client, keep-alive, `TCP_NODELAY`) serves Raft replication and forwarding,
+//! and no connection is dialled in `new_client` (openraft calls it often: pitfall P10).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::post;
+use axum::Router;
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
+    RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::LogId;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::types::{Node, Request, Response};
+use crate::{NodeId, Raft, TypeConfig};
+
+const SECRET_HEADER: &str = "x-st2kv-peer-secret";
+
+/// Above this many bytes an AppendEntries is split (it must be sent, appended and synced within
+/// one heartbeat interval: pitfall P5).
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
+
+/// Why a forwarded command or read-index request did not succeed. Serializable, so the leader's
+/// answer crosses the wire as-is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PeerError {
+    /// The asked node is not the leader; the leader it knows of, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, Node)> },
+    /// The leader could not confirm its leadership or commit in time (quorum lost).
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    /// The node could not be reached, or the exchange failed before an answer arrived.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// The exchange failed after the request was sent: the outcome is unknown.
+    #[error("peer did not answer in time: {0}")]
+    Timeout(String),
+    /// The leader's Raft stopped (storage failure or shutdown).
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+    /// The peer refused our credentials.
+    #[error("peer refused the cluster secret")]
+    Unauthorized,
+}
+
+/// An HTTP client for everything node-to-node, cheap to clone.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    secret: Option<Arc<str>>,
+}
+
+enum PostError {
+    Unreachable(reqwest::Error),
+    Timeout(String),
+    Network(String),
+    Unauthorized,
+}
+
+impl PeerClient {
+    pub fn new(secret: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .expect("reqwest client with static configuration");
+        PeerClient { http, secret: secret.map(Arc::from) }
+    }
+
+    async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PostError> {
+        self.post_bytes(addr, path, encode(req), timeout).await
+    }
+
+    async fn post_bytes<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, PostError> {
+        let mut rb = self.http.post(format!("http://{addr}{path}")).timeout(timeout).body(body);
+        if let Some(s) = &self.secret {
+            rb = rb.header(SECRET_HEADER, s.as_ref());
+        }
+        let resp = rb.send().await.map_err(|e| {
+            if e.is_connect() {
+                PostError::Unreachable(e)
+            } else if e.is_timeout() {
+                PostError::Timeout(e.to_string())
+            } else {
+                PostError::Network(e.to_string())
+            }
+        })?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(PostError::Unauthorized);
+        }
+        if !resp.status().is_success() {
+            return Err(PostError::Network(format!("{path} answered HTTP {}", resp.status())));
+        }
+        let bytes = resp.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                PostError::Timeout(e.to_string())
+            } else {
+                PostError::Network(e.to_string())
+            }
+        })?;
+        decode(&bytes).map_err(|e| PostError::Network(format!("undecodable answer from {path}: {e}")))
+    }
+
+    /// Propose `req` on the node at `addr` (which should be the leader). Answers after the batch
+    /// is committed and applied there.
+    pub async fn forward_write(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, PeerError> {
+        self.peer_call(addr, "/raft/write", req, timeout).await
+    }
+
+    /// Ask the node at `addr` (the leader) for a read index: a log index such that a state
+    /// machine that has applied it reflects every write acknowledged before the call.
+    pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<Option<LogId<NodeId>>, PeerError> {
+        self.peer_call(addr, "/raft/read_index", &(), timeout).await
+    }
+
+    async fn peer_call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        match self.post::<Req, Result<Resp, PeerError>>(addr, path, req, timeout).await {
+            Ok(r) => r,
+            Err(PostError::Unreachable(e)) => Err(PeerError::Unreachable(e.to_string())),
+            Err(PostError::Timeout(e)) => Err(PeerError::Timeout(e)),
+            Err(PostError::Network(e)) => Err(PeerError::Timeout(e)),
+            Err(PostError::Unauthorized) => Err(PeerError::Unauthorized),
+        }
+    }
+}
+
+/// openraft's network factory: hands out per-target handles sharing one [`PeerClient`].
+#[derive(Clone)]
+pub struct Network {
+    client: PeerClient,
+}
+
+impl Network {
+    pub fn new(client: PeerClient) -> Self {
+        Network { client }
+    }
+}
+
+pub struct Connection {
+    client: PeerClient,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
+        Connection { client: self.client.clone(), target, addr: node.rpc_addr.clone() }
+    }
+}
+
+impl Connection {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned, E>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let _ = std::marker::PhantomData::<Req>;
+        match self.client.post_bytes::<Result<Resp, RaftError<NodeId, E>>>(&self.addr, path, body, timeout).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(PostError::Unreachable(e)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(PostError::Timeout(e)) | Err(PostError::Network(e)) => {
+                Err(RPCError::Network(NetworkError::new(&std::io::Error::other(e))))
+            }
+            Err(PostError::Unauthorized) => Err(RPCError::Network(NetworkError::new(&std::io::Error::other(
+                "peer refused the cluster secret",
+            )))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let n = rpc.entries.len() as u64;
+        let body = encode(&rpc);
+        if body.len() > MAX_APPEND_BYTES && n > 1 {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n / 2)));
+        }
+        self.rpc::<AppendEntriesRequest<TypeConfig>, _, _>("/raft/append", body, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.rpc::<InstallSnapshotRequest<TypeConfig>, _, _>("/raft/snapshot", encode(&rpc), option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.rpc::<VoteRequest<NodeId>, _, _>("/raft/vote", encode(&rpc), option.hard_ttl()).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side
+
+#[derive(Clone)]
+struct PeerState {
+    raft: Raft,
+    secret: Option<Arc<str>>,
+}
+
+/// The peer listener's routes. Mount them on their own listener, never on the public API.
+pub fn peer_router(raft: Raft, secret: Option<String>) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/write", post(write))
+        .route("/raft/read_index", post(read_index))
+        // Snapshot chunks and large appends exceed axum's 2 MB default (pitfall P6).
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(PeerState { raft, secret: secret.map(Arc::from) })
+}
+
+fn authorized(state: &PeerState, headers: &HeaderMap) -> bool {
+    match &state.secret {
+        None => true,
+        Some(s) => headers
+            .get(SECRET_HEADER)
+            .map(|v| constant_time_eq(v.as_bytes(), s.as_bytes()))
+            .unwrap_or(false),
+    }
+}
+
+/// Compare without an early exit, so timing does not reveal how much of a secret matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bincode_reply<T: Serialize>(v: &T) -> HttpResponse {
+    ([("content-type", "application/octet-stream")], encode(v)).into_response()
+}
+
+macro_rules! guard {
+    ($state:expr, $headers:expr, $body:expr, $ty:ty) => {{
+        if !authorized(&$state, &$headers) {
+            return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
+        }
+        match decode::<$ty>(&$body) {
+            Ok(v) => v,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("undecodable body: {e}")).into_response(),
+        }
+    }};
+}
+
+async fn append(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    let req = guard!(s, headers, body, AppendEntriesRequest<TypeConfig>);
+    bincode_reply(&s.raft.append_entries(req).await)
+}
+
+async fn vote(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    let req = guard!(s, headers, body, VoteRequest<NodeId>);
+    bincode_reply(&s.raft.vote(req).await)
+}
+
+async fn snapshot(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    let req = guard!(s, headers, body, InstallSnapshotRequest<TypeConfig>);
+    bincode_reply(&s.raft.install_snapshot(req).await)
+}
+
+async fn write(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    let req = guard!(s, headers, body, Request);
+    bincode_reply(&propose_local(&s.raft, req).await)
+}
+
+async fn read_index(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    guard!(s, headers, body, ());
+    let answer = match s.raft.get_read_log_id().await {
+        Ok((read, _applied)) => Ok(read),
+        Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(PeerError::NotLeader { leader: f.leader_id.zip(f.leader_node) })
+        }
+        Err(RaftError::APIError(e)) => Err(PeerError::Unavailable(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(PeerError::Fatal(e.to_string())),
+    };
+    bincode_reply(&answer)
+}
+
+/// Propose `req` through this node's Raft, translating openraft's errors into [`PeerError`].
+pub async fn propose_local(raft: &Raft, req: Request) -> Result<Response, PeerError> {
+    match raft.client_write(req).await {
+        Ok(resp) => Ok(resp.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(PeerError::NotLeader { leader: f.leader_id.zip(f.leader_node) })
+        }
+        Err(RaftError::APIError(e)) => Err(PeerError::Unavailable(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(PeerError::Fatal(e.to_string())),
+    }
+}

@@ -1,0 +1,678 @@
+//! The sled-backed Raft log store and state machine (openraft storage-v2), plus [`StateView`],
+//! the read-only handle the node serves reads from.
+//!
+//! One `sled::Db` per node holds four trees: `raft_log` (entries by big-endian index),
+//! `raft_meta` (vote, committed, last purged), `sm` (the state machine, see [`crate::layout`]) and
+//! `snapshot` (the last built or received snapshot). Because a sled flush persists the whole Db,
+//! one flush covers everything written before it.
+//!
+//! Durability rules (see ../shared/openraft-notes.md §2):
+//! - `append`, `truncate`, `purge` and `save_vote` return only after [`Disk::sync`], which is
+//!   sled's flush (`sync_file_range`) plus, in durable mode, `fdatasync` of sled's log file, so
+//!   an acknowledged write survives power loss, not just a process crash.
+//! - `apply` does **not** sync. The log is already durable, and openraft re-applies
+//!   `(last_applied, committed]` after a restart, so an apply lost in a crash is redone. The one
+//!   case where the log cannot redo it is after a purge, and `purge` syncs (the whole Db, so the
+//!   state machine too) before it deletes anything.
+//! - `apply` of a batch of entries is one `apply_batch` on the `sm` tree: data, indexes, request
+//!   ids and the last-applied log id change together or not at all.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+
+use crate::codec::{decode, encode};
+use crate::layout::{self, *};
+use crate::types::*;
+use crate::{NodeId, TypeConfig};
+
+/// How long the state machine remembers a request id, measured on the proposers' clocks.
+/// Forwarding retries a proposal for at most a few seconds; this leaves a wide margin.
+pub const DEDUP_WINDOW_MS: i64 = 120_000;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// Errors opening or reading the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt stored data: {0}")]
+    Corrupt(#[from] bincode::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The node's one sled database and the means to make its writes durable.
+pub struct Disk {
+    db: sled::Db,
+    /// sled's log file, opened for `fdatasync`; `None` when durable mode is off.
+    log_file: Option<Arc<std::fs::File>>,
+}
+
+impl Disk {
+    /// Flush every tree, then (durable mode) `fdatasync` the log file. Runs on the blocking pool.
+    pub async fn sync(&self) -> std::io::Result<()> {
+        let db = self.db.clone();
+        let file = self.log_file.clone();
+        tokio::task::spawn_blocking(move || {
+            db.flush().map_err(std::io::Error::other)?;
+            if let Some(f) = file {
+                f.sync_data()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+/// Everything [`open`] returns: the two openraft stores and the read view.
+pub struct Store {
+    pub log: LogStore,
+    pub state_machine: StateMachine,
+    pub view: StateView,
+}
+
+/// Open (or create) the store under `dir`. `durable` adds an `fdatasync` to every sync.
+pub fn open(dir: &Path, durable: bool) -> Result<Store, StoreError> {
+    let path = dir.join("sled");
+    let db = sled::Config::new().path(&path).flush_every_ms(Some(500)).open()?;
+    let log_file = if durable {
+        Some(Arc::new(std::fs::OpenOptions::new().read(true).open(path.join("db"))?))
+    } else {
+        None
+    };
+    let disk = Arc::new(Disk { db: db.clone(), log_file });
+    let sm = db.open_tree("sm")?;
+    Ok(Store {
+        log: LogStore { disk: disk.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")? },
+        state_machine: StateMachine { disk, sm: sm.clone(), snap: db.open_tree("snapshot")? },
+        view: StateView { sm },
+    })
+}
+
+fn io_read<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    StorageIOError::read(&e).into()
+}
+
+fn io_write<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    StorageIOError::write(&e).into()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log store
+
+#[derive(Clone)]
+pub struct LogStore {
+    disk: Arc<Disk>,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+fn idx(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+impl LogStore {
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
+        match self.meta.get(key).map_err(io_read)? {
+            Some(v) => Ok(Some(decode(&v).map_err(io_read)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn sync_logs(&self) -> StorageResult<()> {
+        self.disk.sync().await.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let lo = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(idx(*i)),
+            Bound::Excluded(i) => Bound::Excluded(idx(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let hi = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(idx(*i)),
+            Bound::Excluded(i) => Bound::Excluded(idx(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in self.log.range::<[u8; 8], _>((lo, hi)) {
+            let (_, v) = item.map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
+            out.push(decode(&v).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED)?;
+        let last = match self.log.last().map_err(io_read)? {
+            Some((_, v)) => Some(decode::<Entry<TypeConfig>>(&v).map_err(io_read)?.log_id),
+            None => None,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        self.meta.insert(VOTE, encode(vote)).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
+        self.disk.sync().await.map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.read_meta(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // No sync: a committed index that is stale after a crash is safe (openraft re-learns it).
+        self.meta.insert(COMMITTED, encode(&committed)).map_err(io_write)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self.read_meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&idx(entry.log_id.index), encode(&entry));
+        }
+        // The entries are readable once apply_batch returns; they are durable after the sync,
+        // and only then may openraft count this node's copy towards a quorum.
+        if let Err(e) = self.log.apply_batch(batch) {
+            let err = std::io::Error::other(e.to_string());
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(StorageIOError::write_logs(AnyError::new(&err)).into());
+        }
+        match self.disk.sync().await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let any = AnyError::new(&e);
+                callback.log_io_completed(Err(e));
+                Err(StorageIOError::write_logs(any).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(idx(log_id.index)..) {
+            let (k, _) = item.map_err(io_read)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(io_write)?;
+        self.sync_logs().await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        // Persist the purge point first (and, through the shared Db, the state machine up to
+        // what is applied): a crash after this leaves extra entries, never a hole.
+        self.meta.insert(LAST_PURGED, encode(&log_id)).map_err(io_write)?;
+        self.sync_logs().await?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=idx(log_id.index)) {
+            let (k, _) = item.map_err(io_read)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(io_write)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State machine
+
+pub struct StateMachine {
+    disk: Arc<Disk>,
+    sm: sled::Tree,
+    snap: sled::Tree,
+}
+
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
+
+/// A batch of pending writes over the `sm` tree: reads see earlier writes of the same batch.
+struct Overlay<'a> {
+    tree: &'a sled::Tree,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Overlay { tree, writes: BTreeMap::new() }
+    }
+
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.writes.get(k) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(k)?.map(|v| v.to_vec()))
+    }
+
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.writes.insert(k, Some(v));
+    }
+
+    fn del(&mut self, k: Vec<u8>) {
+        self.writes.insert(k, None);
+    }
+
+    /// Keys in `[lo, hi)` as the batch would leave them.
+    fn keys_in(&self, lo: &[u8], hi: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for item in self.tree.range(lo..hi) {
+            keys.insert(item?.0.to_vec());
+        }
+        for (k, v) in self.writes.range::<[u8], _>((Bound::Included(lo), Bound::Excluded(hi))) {
+            if v.is_some() {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    fn record(&self, kv: &[u8]) -> Result<Option<Record>, StoreError> {
+        Ok(match self.get(kv)? {
+            Some(v) => Some(decode(&v)?),
+            None => None,
+        })
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut b = sled::Batch::default();
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        b
+    }
+}
+
+/// Apply one command at log index `index`. Deterministic: reads only the batch and the command.
+fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome, StoreError> {
+    Ok(match cmd {
+        Command::Put { key, value, secret, description, expire_at_ms, now_ms, new_id } => {
+            let kvk = kv_key(key);
+            let old = ov.record(&kvk)?;
+            if let Some(t) = old.as_ref().and_then(|o| o.expire_at_ms) {
+                ov.del(expiry_key(t, &kvk));
+            }
+            let live = old.filter(|o| !o.is_expired(*now_ms));
+            let record = Record {
+                id: live.as_ref().map(|o| o.id.clone()).unwrap_or_else(|| new_id.clone()),
+                value: value.clone(),
+                secret: *secret,
+                description: description.clone(),
+                expire_at_ms: *expire_at_ms,
+                created_ms: live.as_ref().map(|o| o.created_ms).unwrap_or(*now_ms),
+                updated_ms: *now_ms,
+                revision: index,
+            };
+            if let Some(t) = expire_at_ms {
+                ov.put(expiry_key(*t, &kvk), Vec::new());
+            }
+            ov.put(kvk, encode(&record));
+            Outcome::Put { record, created: live.is_none() }
+        }
+        Command::Delete { key, now_ms } => {
+            let kvk = kv_key(key);
+            match ov.record(&kvk)? {
+                None => Outcome::NotFound,
+                Some(old) => {
+                    if let Some(t) = old.expire_at_ms {
+                        ov.del(expiry_key(t, &kvk));
+                    }
+                    ov.del(kvk);
+                    if old.is_expired(*now_ms) {
+                        Outcome::NotFound
+                    } else {
+                        Outcome::Deleted { record: old }
+                    }
+                }
+            }
+        }
+        Command::PurgeExpired { now_ms } => {
+            let mut count = 0;
+            for xk in ov.keys_in(&[EXPIRY], &expiry_upper_bound(*now_ms))? {
+                let kvk = xk[9..].to_vec();
+                ov.del(xk);
+                if let Some(rec) = ov.record(&kvk)? {
+                    if rec.is_expired(*now_ms) {
+                        ov.del(kvk);
+                        count += 1;
+                    }
+                }
+            }
+            Outcome::Purged { count }
+        }
+    })
+}
+
+fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response, StoreError> {
+    let mut outcomes = Vec::with_capacity(req.ops.len());
+    let mut applied = 0u64;
+    for op in &req.ops {
+        if let Some(id) = op.id {
+            if let Some(prev) = ov.get(&dedup_key(id))? {
+                outcomes.push(decode(&prev)?);
+                continue;
+            }
+        }
+        let outcome = apply_command(ov, index, &op.cmd)?;
+        applied += 1;
+        if let Some(id) = op.id {
+            ov.put(dedup_key(id), encode(&outcome));
+            ov.put(dedup_age_key(req.proposed_at_ms, id), Vec::new());
+        }
+        outcomes.push(outcome);
+    }
+    // Forget request ids proposed more than DEDUP_WINDOW_MS before this batch.
+    for ak in ov.keys_in(&[DEDUP_AGE], &dedup_age_bound(req.proposed_at_ms - DEDUP_WINDOW_MS))? {
+        if let Some(id) = dedup_id_from_age_key(&ak) {
+            ov.del(dedup_key(id));
+        }
+        ov.del(ak);
+    }
+    let ops: u64 = match ov.get(META_OPS)? {
+        Some(v) => decode(&v)?,
+        None => 0,
+    };
+    ov.put(META_OPS.to_vec(), encode(&(ops + applied)));
+    Ok(Response { outcomes })
+}
+
+impl StateMachine {
+    fn read_sm<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
+        match self.sm.get(key).map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))? {
+            Some(v) => Ok(Some(decode(&v).map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn snapshot_from_tree(&self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let meta = self.snap.get(SNAP_META).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let data = self.snap.get(SNAP_DATA).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        match (meta, data) {
+            (Some(m), Some(d)) => {
+                let meta: SnapshotMeta<NodeId, Node> =
+                    decode(&m).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+                Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(d.to_vec())) }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Everything a snapshot carries besides openraft's `SnapshotMeta`: every `sm` pair except the
+/// applied/membership metadata, which the meta already holds.
+type SnapshotPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn is_raft_meta(k: &[u8]) -> bool {
+    k == META_APPLIED || k == META_MEMBERSHIP
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>)> {
+        let applied = self.read_sm::<LogId<NodeId>>(META_APPLIED)?;
+        let membership = self.read_sm(META_MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let werr = |e: StoreError| -> StorageError<NodeId> {
+            StorageIOError::write_state_machine(AnyError::new(&e)).into()
+        };
+        let mut ov = Overlay::new(&self.sm);
+        let mut responses = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            match &entry.payload {
+                EntryPayload::Blank => responses.push(Response::default()),
+                EntryPayload::Normal(req) => {
+                    responses.push(apply_request(&mut ov, entry.log_id.index, req).map_err(werr)?)
+                }
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                    ov.put(META_MEMBERSHIP.to_vec(), encode(&stored));
+                    responses.push(Response::default());
+                }
+            }
+        }
+        if let Some(last) = last {
+            ov.put(META_APPLIED.to_vec(), encode(&last));
+        }
+        self.sm.apply_batch(ov.into_batch()).map_err(|e| werr(e.into()))?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Called by openraft's state-machine worker between applies, so the copy taken here is a
+        // consistent cut at `last_applied` (sled 0.34 has no point-in-time iterator).
+        let copy = (|| -> Result<_, StoreError> {
+            let applied: Option<LogId<NodeId>> = self.sm.get(META_APPLIED)?.map(|v| decode(&v)).transpose()?;
+            let membership: StoredMembership<NodeId, Node> =
+                self.sm.get(META_MEMBERSHIP)?.map(|v| decode(&v)).transpose()?.unwrap_or_default();
+            let mut pairs = SnapshotPairs::new();
+            for item in self.sm.iter() {
+                let (k, v) = item?;
+                if !is_raft_meta(&k) {
+                    pairs.push((k.to_vec(), v.to_vec()));
+                }
+            }
+            Ok((applied, membership, pairs))
+        })();
+        SnapshotBuilder { copy: copy.map_err(|e| e.to_string()), disk: self.disk.clone(), snap: self.snap.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let sig = Some(meta.signature());
+        let bytes = snapshot.into_inner();
+        let pairs: SnapshotPairs = decode(&bytes).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        // Keep the received snapshot as the current one (it is what we would send onwards).
+        let mut sb = sled::Batch::default();
+        sb.insert(SNAP_META, encode(meta));
+        sb.insert(SNAP_DATA, bytes);
+        self.snap.apply_batch(sb).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        // Replace the state machine in one atomic batch: old keys out, snapshot keys in,
+        // applied/membership last. Keys absent from the snapshot must not survive.
+        let mut b = sled::Batch::default();
+        for item in self.sm.iter().keys() {
+            b.remove(item.map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?);
+        }
+        for (k, v) in pairs {
+            b.insert(k, v);
+        }
+        if let Some(last) = meta.last_log_id {
+            b.insert(META_APPLIED, encode(&last));
+        }
+        b.insert(META_MEMBERSHIP, encode(&meta.last_membership));
+        self.sm.apply_batch(b).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        self.disk.sync().await.map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        self.snapshot_from_tree()
+    }
+}
+
+pub struct SnapshotBuilder {
+    copy: Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>, SnapshotPairs), String>,
+    disk: Arc<Disk>,
+    snap: sled::Tree,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (applied, membership, pairs) = match std::mem::replace(&mut self.copy, Err("taken".into())) {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(StorageIOError::read_state_machine(AnyError::error(e)).into());
+            }
+        };
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or_default();
+        let snapshot_id = match applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, micros),
+            None => format!("none-{micros}"),
+        };
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+        let bytes = encode(&pairs);
+        drop(pairs);
+        let sig = Some(meta.signature());
+        let mut sb = sled::Batch::default();
+        sb.insert(SNAP_META, encode(&meta));
+        sb.insert(SNAP_DATA, bytes.clone());
+        self.snap.apply_batch(sb).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        self.disk.sync().await.map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+
+/// A read-only view of the local state machine, safe to use from any task at any time. What it
+/// returns is this replica's applied state: linearizability is the caller's business (wait for a
+/// read index first).
+#[derive(Clone)]
+pub struct StateView {
+    sm: sled::Tree,
+}
+
+impl StateView {
+    /// The live (not expired at `now_ms`) record of `key`.
+    pub fn get(&self, key: &KeyId, now_ms: i64) -> Result<Option<Record>, StoreError> {
+        match self.sm.get(kv_key(key))? {
+            Some(v) => {
+                let r: Record = decode(&v)?;
+                Ok((!r.is_expired(now_ms)).then_some(r))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Live keys of `(scope, user)` whose name starts with `prefix`, in name order, skipping
+    /// `offset` and returning at most `limit` (all when `None`). Cost: O(offset + page).
+    pub fn list(
+        &self,
+        scope: Scope,
+        user: &str,
+        prefix: &str,
+        offset: usize,
+        limit: Option<usize>,
+        now_ms: i64,
+    ) -> Result<Vec<(KeyId, Record)>, StoreError> {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for item in self.sm.scan_prefix(kv_prefix(scope, user, prefix)) {
+            if limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+            let (k, v) = item?;
+            let r: Record = decode(&v)?;
+            if r.is_expired(now_ms) {
+                continue;
+            }
+            if skipped < offset {
+                skipped += 1;
+                continue;
+            }
+            if let Some(key) = layout::decode_kv_key(&k) {
+                out.push((key, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether some key has expired by `now_ms` and is still stored (a purge is due).
+    pub fn has_expired(&self, now_ms: i64) -> Result<bool, StoreError> {
+        Ok(self.sm.range(vec![EXPIRY]..expiry_upper_bound(now_ms)).next().transpose()?.is_some())
+    }
+
+    pub fn applied(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        Ok(self.sm.get(META_APPLIED)?.map(|v| decode(&v)).transpose()?)
+    }
+
+    /// How many ops this replica has applied (a retried op answered from memory does not count).
+    pub fn ops_applied(&self) -> Result<u64, StoreError> {
+        Ok(self.sm.get(META_OPS)?.map(|v| decode(&v)).transpose()?.unwrap_or(0))
+    }
+
+    /// A digest of every key and value (FNV-1a over the `k` family): equal on replicas that
+    /// applied the same entries, whatever their history of snapshots.
+    pub fn state_hash(&self) -> Result<u64, StoreError> {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for item in self.sm.scan_prefix([KV]) {
+            let (k, v) = item?;
+            for b in k.iter().chain(v.iter()).chain([0xffu8].iter()) {
+                h ^= *b as u64;
+                h = h.wrapping_mul(0x100000001b3);
+            }
+        }
+        Ok(h)
+    }
+
+    /// Number of stored keys, expired-but-unpurged included.
+    pub fn key_count(&self) -> usize {
+        self.sm.scan_prefix([KV]).count()
+    }
+}

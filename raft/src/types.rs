@@ -1,0 +1,136 @@
+//! The replicated vocabulary: what goes into a Raft entry and what comes back out of `apply`.
+//!
+//! Everything here is decided by the node that *receives* a client request, before the request
+//! is proposed: timestamps, expiry instants, generated ids. `apply` only copies these values into
+//! the state machine, which is what keeps it deterministic on every replica.
+
+use serde::{Deserialize, Serialize};
+
+/// A cluster member as stored in Raft membership: where its peer listener and its public API
+/// listener can be reached. `api_addr` may be empty for members listed only by peer address in
+/// `--initial-cluster`; nothing in the replication path depends on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// `host:port` of the peer listener (Raft RPCs and forwarded commands).
+    pub rpc_addr: String,
+    /// `host:port` of the public API listener, for operators and clients.
+    pub api_addr: String,
+}
+
+/// StackStorm's two datastore scopes. The wire names are `st2kv.system` and `st2kv.user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Scope {
+    System,
+    User,
+}
+
+impl Scope {
+    /// The full StackStorm scope name, as returned in resources.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::System => "st2kv.system",
+            Scope::User => "st2kv.user",
+        }
+    }
+}
+
+/// The identity of one key: `(scope, owner, name)`. `user` is empty for system-scope keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct KeyId {
+    pub scope: Scope,
+    pub user: String,
+    pub name: String,
+}
+
+impl KeyId {
+    pub fn system(name: impl Into<String>) -> Self {
+        KeyId { scope: Scope::System, user: String::new(), name: name.into() }
+    }
+    pub fn user(user: impl Into<String>, name: impl Into<String>) -> Self {
+        KeyId { scope: Scope::User, user: user.into(), name: name.into() }
+    }
+    /// StackStorm's key reference: `name` for system keys, `user:name` for user keys.
+    pub fn key_ref(&self) -> String {
+        match self.scope {
+            Scope::System => self.name.clone(),
+            Scope::User => format!("{}:{}", self.user, self.name),
+        }
+    }
+}
+
+/// One stored value, as the state machine keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// A 24-hex-char id (StackStorm shows a Mongo ObjectId here); chosen at creation, kept on update.
+    pub id: String,
+    /// Plaintext, or ciphertext when `secret` (never decrypted by this crate).
+    pub value: String,
+    pub secret: bool,
+    pub description: Option<String>,
+    /// Absolute expiry, unix milliseconds. Reads hide the key from this instant on.
+    pub expire_at_ms: Option<i64>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// The log index of the entry that last changed this key.
+    pub revision: u64,
+}
+
+impl Record {
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        matches!(self.expire_at_ms, Some(t) if t <= now_ms)
+    }
+}
+
+/// A change to the key space. Every field is final: `apply` adds only the revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or replace a key (StackStorm replaces the whole document on update).
+    Put {
+        key: KeyId,
+        value: String,
+        secret: bool,
+        description: Option<String>,
+        expire_at_ms: Option<i64>,
+        /// The proposer's clock when the request arrived; becomes created/updated time.
+        now_ms: i64,
+        /// The id to give the key if it does not exist yet.
+        new_id: String,
+    },
+    /// Remove a key; answers `NotFound` if it does not exist (or has expired at `now_ms`).
+    Delete { key: KeyId, now_ms: i64 },
+    /// Remove every key whose expiry is at or before `now_ms`. Proposed periodically by the leader.
+    PurgeExpired { now_ms: i64 },
+}
+
+/// One command with its optional request id. Ops that carry an id are remembered for a while by
+/// the state machine, so a retried proposal of the same op is applied once and answered with the
+/// outcome of the first application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub id: Option<u128>,
+    pub cmd: Command,
+}
+
+/// The payload of one Raft entry: a group-committed batch of ops, applied atomically in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Request {
+    /// The proposer's clock (unix ms) when the batch was formed; ages out remembered request ids.
+    pub proposed_at_ms: i64,
+    pub ops: Vec<Op>,
+}
+
+/// What one op did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Put { record: Record, created: bool },
+    Deleted { record: Record },
+    NotFound,
+    Purged { count: u64 },
+}
+
+/// The result of applying one entry: one outcome per op, in order (empty for blank and
+/// membership entries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Response {
+    pub outcomes: Vec<Outcome>,
+}
