@@ -1,1 +1,297 @@
-//! placeholder
+//! # st2kv-node: one node of an st2kv cluster
+//!
+//! A node is three HTTP listeners in front of one Raft member:
+//! - the **API** listener (default `:9101`, StackStorm's API port) serves the keys API under
+//!   `/v1`, `/api/v1` and `/`, exactly as StackStorm shapes it, plus `/v1/cluster/status`;
+//! - the **auth** listener (default `:9100`, StackStorm's auth port) is where tokens will be
+//!   issued once authentication lands; today every request acts as StackStorm's system user
+//!   `stanley`, as StackStorm does with auth disabled;
+//! - the **peer** listener (default `:9300`) carries Raft RPCs and writes forwarded by followers,
+//!   and nothing else. It is never reachable through the API port.
+//!
+//! A request is validated on the node that receives it, turned into a complete
+//! [`st2kv_raft::Command`] (timestamps, expiry instants and ids decided here), and handed to
+//! [`cluster::Cluster`], which group-commits it through Raft, forwarding to the leader when this
+//! node is a follower. Reads wait for a linearizable barrier unless the caller asks for
+//! `consistency=stale`.
+//!
+//! [`run`] takes a configuration and a shutdown future, so tests and the thin binary start nodes
+//! the same way. On shutdown a node stops accepting, answers what is in flight, stops Raft and
+//! syncs its storage.
+//!
+//! ## What this crate deliberately does not do (yet)
+//! - Authentication, users, tokens and API keys; the user scope is the system user's own.
+//! - Encryption: a secret write is refused with StackStorm's "Crypto key not found" message.
+//! - Membership changes after formation, metrics, backup and restore.
+//! Storage and consensus live in `st2kv-raft`; this crate holds no storage logic.
+
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use st2kv_raft::network::{peer_router, Network, PeerClient};
+use st2kv_raft::{Node, Raft, RaftTuning};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use error::ApiError;
+
+/// Input limits, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_name_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Where a crypto key would be read from; named in "Crypto key not found" errors.
+    pub crypto_key_path: String,
+}
+
+/// What every handler shares.
+pub struct App {
+    pub cluster: Arc<cluster::Cluster>,
+    pub limits: Limits,
+}
+
+/// Route table of the keys API, mounted under several prefixes.
+fn key_routes() -> Router<Arc<App>> {
+    use axum::routing::{get as g, put as p};
+    Router::new()
+        .route("/keys", g(keys::list).put(keys::put_without_name))
+        .route("/keys/", g(keys::list).put(keys::put_without_name))
+        .route("/keys/{name}", g(keys::get).put(keys::put).delete(keys::delete))
+        .route("/keys/{name}/", g(keys::get).put(keys::put).delete(keys::delete))
+        .route("/cluster/status", get(status))
+        .route("/health/live", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/", p(keys::put_without_name))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("The resource could not be found.".into())
+}
+
+async fn method_not_allowed() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body =
+        Json(st2kv_api::ErrorBody { faultstring: "The method is not allowed for the requested URL.".into() });
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, body).into_response()
+}
+
+/// The public API router.
+pub fn api_router(app: Arc<App>) -> Router {
+    Router::new()
+        .nest("/v1", key_routes())
+        .nest("/api/v1", key_routes())
+        .merge(key_routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(app)
+}
+
+fn auth_router() -> Router {
+    Router::new().fallback(not_found).method_not_allowed_fallback(method_not_allowed)
+}
+
+/// `GET /v1/cluster/status`: this node's view of the cluster. `?hash=true` adds a digest of the
+/// whole key space (O(keys)), which tests use to check that replicas converged.
+async fn status(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = app.cluster.raft.metrics().borrow().clone();
+    let view = &app.cluster.view;
+    let members: Vec<_> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| {
+            let voter = m.membership_config.membership().voter_ids().any(|v| v == *id);
+            json!({"id": id, "rpc_addr": n.rpc_addr, "api_addr": n.api_addr, "voter": voter})
+        })
+        .collect();
+    let mut body = json!({
+        "id": app.cluster.id,
+        "state": format!("{:?}", m.state),
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "last_log_index": m.last_log_index,
+        "applied_index": m.last_applied.map(|l| l.index),
+        "snapshot_index": m.snapshot.map(|l| l.index),
+        "purged_index": m.purged.map(|l| l.index),
+        "ops_applied": view.ops_applied()?,
+        "keys": view.key_count(),
+        "members": members,
+    });
+    if q.get("hash").map(|v| v == "true").unwrap_or(false) {
+        body["state_hash"] = json!(format!("{:016x}", view.state_hash()?));
+    }
+    Ok(Json(body))
+}
+
+/// Install the tracing subscriber: `plain` or `json` lines on stderr, filtered by `RUST_LOG`
+/// (default `info`).
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the {what} listener on {addr}: {e}"))
+}
+
+fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        let mut stop = stop;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
+}
+
+/// Run a node until `shutdown` completes, then stop it gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let members = config.initial_members()?;
+    let secret = config.cluster_secret()?;
+    anyhow::ensure!(config.node_id != 0, "--id must be at least 1");
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    let store = st2kv_raft::store::open(&config.data_dir, !config.no_fsync)
+        .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
+    let disk = store.disk.clone();
+    let tuning = RaftTuning {
+        heartbeat_ms: config.heartbeat_ms,
+        election_min_ms: config.election_timeout_ms,
+        election_max_ms: config.election_timeout_ms * 2,
+        snapshot_every: config.snapshot_every,
+        keep_after_snapshot: config.snapshot_keep,
+    };
+    let raft_config = Arc::new(tuning.to_config(&config.cluster_name).map_err(|e| anyhow::anyhow!(e))?);
+    let peers = PeerClient::new(secret.clone());
+
+    // Bind everything before Raft starts, so a port clash fails fast and cleanly.
+    let api_l = bind(config.api_bind, "API").await?;
+    let auth_l = bind(config.auth_bind, "auth").await?;
+    let peer_l = bind(config.peer_bind, "peer").await?;
+
+    let raft =
+        Raft::new(config.node_id, raft_config, Network::new(peers.clone()), store.log, store.state_machine)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start Raft: {e}"))?;
+    let cluster = cluster::Cluster::start(
+        config.node_id,
+        raft.clone(),
+        store.view,
+        peers,
+        Duration::from_millis(config.leader_wait_ms),
+        cluster::Batching { max_ops: config.batch_max, inflight: config.batch_inflight },
+    );
+    let app = Arc::new(App {
+        cluster: cluster.clone(),
+        limits: Limits {
+            max_name_bytes: config.max_name_bytes,
+            max_value_bytes: config.max_value_bytes,
+            crypto_key_path: "the node's configuration (no --crypto-key-path given)".into(),
+        },
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
+    let peer_srv = serve(peer_l, peer_router(raft.clone(), secret), peer_stop_rx);
+    let api_srv = serve(api_l, api_router(app), stop_rx.clone());
+    let auth_srv = serve(auth_l, auth_router(), stop_rx);
+
+    bootstrap(&raft, &config, &members).await?;
+    let sweeper =
+        tokio::spawn(cluster::ttl_sweeper(cluster.clone(), Duration::from_millis(config.ttl_sweep_ms)));
+    tracing::info!(
+        id = config.node_id,
+        api = %config.api_bind,
+        auth = %config.auth_bind,
+        peer = %config.peer_bind,
+        "st2kv node started"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down: draining requests");
+    let _ = stop_tx.send(true);
+    for srv in [api_srv, auth_srv] {
+        match tokio::time::timeout(Duration::from_secs(10), srv).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "listener stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "listener task failed"),
+            Err(_) => tracing::warn!("in-flight requests did not finish within 10 s"),
+        }
+    }
+    sweeper.abort();
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    let _ = peer_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), peer_srv).await;
+    disk.sync().await.map_err(|e| anyhow::anyhow!("final storage sync failed: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Form the cluster on first start: the lowest founding id initializes it with every founding
+/// member (a single node with no `--initial-cluster` initializes itself). A node that already
+/// has state does nothing; "already initialized" is success.
+async fn bootstrap(raft: &Raft, config: &Config, members: &[(u64, String)]) -> anyhow::Result<()> {
+    if raft.is_initialized().await.map_err(|e| anyhow::anyhow!("raft: {e}"))? {
+        return Ok(());
+    }
+    let me = Node { rpc_addr: config.peer_advertise(), api_addr: config.api_advertise() };
+    let mut nodes = BTreeMap::new();
+    if members.is_empty() {
+        nodes.insert(config.node_id, me);
+    } else {
+        let lowest = members.iter().map(|(id, _)| *id).min().unwrap_or(config.node_id);
+        if lowest != config.node_id {
+            tracing::info!(initializer = lowest, "waiting for node {lowest} to form the cluster");
+            return Ok(());
+        }
+        for (id, addr) in members {
+            let node = if *id == config.node_id {
+                me.clone()
+            } else {
+                Node { rpc_addr: addr.clone(), api_addr: String::new() }
+            };
+            nodes.insert(*id, node);
+        }
+    }
+    match raft.initialize(nodes).await {
+        Ok(()) => {
+            tracing::info!("cluster initialized");
+            Ok(())
+        }
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("cannot initialize the cluster: {e}")),
+    }
+}

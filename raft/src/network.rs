@@ -24,8 +24,8 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
 use axum::Router;
 use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
-    RemoteError, Unreachable,
+    ClientWriteError, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -143,13 +143,22 @@ impl PeerClient {
 
     /// Propose `req` on the node at `addr` (which should be the leader). Answers after the batch
     /// is committed and applied there.
-    pub async fn forward_write(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, PeerError> {
+    pub async fn forward_write(
+        &self,
+        addr: &str,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, PeerError> {
         self.peer_call(addr, "/raft/write", req, timeout).await
     }
 
     /// Ask the node at `addr` (the leader) for a read index: a log index such that a state
     /// machine that has applied it reflects every write acknowledged before the call.
-    pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<Option<LogId<NodeId>>, PeerError> {
+    pub async fn read_index(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Option<LogId<NodeId>>, PeerError> {
         self.peer_call(addr, "/raft/read_index", &(), timeout).await
     }
 
@@ -207,16 +216,20 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let _ = std::marker::PhantomData::<Req>;
-        match self.client.post_bytes::<Result<Resp, RaftError<NodeId, E>>>(&self.addr, path, body, timeout).await {
+        match self
+            .client
+            .post_bytes::<Result<Resp, RaftError<NodeId, E>>>(&self.addr, path, body, timeout)
+            .await
+        {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             Err(PostError::Unreachable(e)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(PostError::Timeout(e)) | Err(PostError::Network(e)) => {
                 Err(RPCError::Network(NetworkError::new(&std::io::Error::other(e))))
             }
-            Err(PostError::Unauthorized) => Err(RPCError::Network(NetworkError::new(&std::io::Error::other(
-                "peer refused the cluster secret",
-            )))),
+            Err(PostError::Unauthorized) => Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other("peer refused the cluster secret"),
+            ))),
         }
     }
 }
@@ -243,7 +256,12 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.rpc::<InstallSnapshotRequest<TypeConfig>, _, _>("/raft/snapshot", encode(&rpc), option.hard_ttl()).await
+        self.rpc::<InstallSnapshotRequest<TypeConfig>, _, _>(
+            "/raft/snapshot",
+            encode(&rpc),
+            option.hard_ttl(),
+        )
+        .await
     }
 
     async fn vote(
@@ -280,10 +298,9 @@ pub fn peer_router(raft: Raft, secret: Option<String>) -> Router {
 fn authorized(state: &PeerState, headers: &HeaderMap) -> bool {
     match &state.secret {
         None => true,
-        Some(s) => headers
-            .get(SECRET_HEADER)
-            .map(|v| constant_time_eq(v.as_bytes(), s.as_bytes()))
-            .unwrap_or(false),
+        Some(s) => {
+            headers.get(SECRET_HEADER).map(|v| constant_time_eq(v.as_bytes(), s.as_bytes())).unwrap_or(false)
+        }
     }
 }
 

@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
 };
 
 use crate::codec::{decode, encode};
@@ -78,6 +78,8 @@ impl Disk {
 
 /// Everything [`open`] returns: the two openraft stores and the read view.
 pub struct Store {
+    /// The shared database, for a final sync at shutdown.
+    pub disk: Arc<Disk>,
     pub log: LogStore,
     pub state_machine: StateMachine,
     pub view: StateView,
@@ -95,7 +97,12 @@ pub fn open(dir: &Path, durable: bool) -> Result<Store, StoreError> {
     let disk = Arc::new(Disk { db: db.clone(), log_file });
     let sm = db.open_tree("sm")?;
     Ok(Store {
-        log: LogStore { disk: disk.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")? },
+        disk: disk.clone(),
+        log: LogStore {
+            disk: disk.clone(),
+            log: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+        },
         state_machine: StateMachine { disk, sm: sm.clone(), snap: db.open_tree("snapshot")? },
         view: StateView { sm },
     })
@@ -423,7 +430,9 @@ fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response
 impl StateMachine {
     fn read_sm<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
         match self.sm.get(key).map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))? {
-            Some(v) => Ok(Some(decode(&v).map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?)),
+            Some(v) => {
+                Ok(Some(decode(&v).map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?))
+            }
             None => Ok(None),
         }
     }
@@ -497,7 +506,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Called by openraft's state-machine worker between applies, so the copy taken here is a
         // consistent cut at `last_applied` (sled 0.34 has no point-in-time iterator).
         let copy = (|| -> Result<_, StoreError> {
-            let applied: Option<LogId<NodeId>> = self.sm.get(META_APPLIED)?.map(|v| decode(&v)).transpose()?;
+            let applied: Option<LogId<NodeId>> =
+                self.sm.get(META_APPLIED)?.map(|v| decode(&v)).transpose()?;
             let membership: StoredMembership<NodeId, Node> =
                 self.sm.get(META_MEMBERSHIP)?.map(|v| decode(&v)).transpose()?.unwrap_or_default();
             let mut pairs = SnapshotPairs::new();
@@ -509,7 +519,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             Ok((applied, membership, pairs))
         })();
-        SnapshotBuilder { copy: copy.map_err(|e| e.to_string()), disk: self.disk.clone(), snap: self.snap.clone() }
+        SnapshotBuilder {
+            copy: copy.map_err(|e| e.to_string()),
+            disk: self.disk.clone(),
+            snap: self.snap.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
@@ -523,7 +537,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> StorageResult<()> {
         let sig = Some(meta.signature());
         let bytes = snapshot.into_inner();
-        let pairs: SnapshotPairs = decode(&bytes).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        let pairs: SnapshotPairs =
+            decode(&bytes).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         // Keep the received snapshot as the current one (it is what we would send onwards).
         let mut sb = sled::Batch::default();
         sb.insert(SNAP_META, encode(meta));

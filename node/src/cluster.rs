@@ -1,0 +1,253 @@
+//! The node's side of consensus: group commit, leader forwarding, read barriers and the TTL
+//! sweeper, on top of the `st2kv-raft` crate.
+//!
+//! **Writes.** Handlers call [`Cluster::propose`] with one [`Command`]. A batcher task drains the
+//! queue into batches (at most `batch_max` commands; up to `batch_inflight` batches in flight),
+//! gives every op a random request id, and submits each batch as one Raft entry: locally on the
+//! leader, or forwarded once to the leader's peer listener from a follower. While no leader is
+//! known or reachable the batch is retried until `leader_wait` runs out; the request ids make a
+//! retry of a batch that did apply harmless. Each caller gets its own op's outcome.
+//!
+//! **Reads.** [`Cluster::linearize`] returns once this node's state machine reflects every write
+//! acknowledged before the call: on the leader through openraft's `ensure_linearizable` (a
+//! heartbeat round to a quorum), on a follower by asking the leader for a read index and waiting
+//! for the local apply to reach it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use st2kv_raft::network::{propose_local, PeerClient, PeerError};
+use st2kv_raft::store::StateView;
+use st2kv_raft::{Command, Node, Op, Outcome, Raft, Request, Response};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::error::ApiError;
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+struct Pending {
+    cmd: Command,
+    tx: oneshot::Sender<Result<Outcome, ApiError>>,
+}
+
+/// Shared handle to this node's Raft, its state and its peers.
+pub struct Cluster {
+    pub id: u64,
+    pub raft: Raft,
+    pub view: StateView,
+    peers: PeerClient,
+    leader_wait: Duration,
+    queue: mpsc::Sender<Pending>,
+}
+
+/// Tunables of the write path.
+pub struct Batching {
+    pub max_ops: usize,
+    pub inflight: usize,
+}
+
+impl Cluster {
+    pub fn start(
+        id: u64,
+        raft: Raft,
+        view: StateView,
+        peers: PeerClient,
+        leader_wait: Duration,
+        batching: Batching,
+    ) -> Arc<Cluster> {
+        let (queue, rx) = mpsc::channel(batching.max_ops.max(1) * batching.inflight.max(1) * 4);
+        let cluster = Arc::new(Cluster { id, raft, view, peers, leader_wait, queue });
+        tokio::spawn(batcher(Arc::downgrade(&cluster), rx, batching));
+        cluster
+    }
+
+    /// The leader this node currently believes in, with its address.
+    pub fn leader(&self) -> Option<(u64, Node)> {
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Replicate `cmd` and return what applying it did.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send(Pending { cmd, tx })
+            .await
+            .map_err(|_| ApiError::Unavailable("This node is shutting down.".into()))?;
+        rx.await.map_err(|_| ApiError::Unavailable("This node is shutting down.".into()))?
+    }
+
+    /// Submit one batch, forwarding to the leader and retrying until `leader_wait` runs out.
+    async fn submit(&self, req: Request) -> Result<Response, ApiError> {
+        let deadline = Instant::now() + self.leader_wait;
+        let mut hint: Option<(u64, Node)> = None;
+        let mut maybe_applied = false;
+        let mut last;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let remaining =
+                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(200));
+            let result = match self.leader().or(hint.take()) {
+                Some((id, _)) if id == self.id => {
+                    match tokio::time::timeout(remaining, propose_local(&self.raft, req.clone())).await {
+                        Ok(r) => r,
+                        Err(_) => Err(PeerError::Timeout("the entry was not committed in time".into())),
+                    }
+                }
+                Some((id, node)) => {
+                    let r = self.peers.forward_write(&node.rpc_addr, &req, remaining).await;
+                    if let Err(e) = &r {
+                        tracing::debug!(leader = id, error = %e, "forwarding a batch failed");
+                    }
+                    r
+                }
+                None => Err(PeerError::NotLeader { leader: None }),
+            };
+            match result {
+                Ok(resp) => return Ok(resp),
+                Err(PeerError::NotLeader { leader }) => {
+                    hint = leader.filter(|(id, _)| *id != self.id);
+                    last = "no leader is known (an election may be in progress)".into();
+                }
+                Err(PeerError::Timeout(e)) => {
+                    maybe_applied = true;
+                    last = e;
+                }
+                Err(PeerError::Unreachable(e)) | Err(PeerError::Unavailable(e)) => last = e,
+                Err(PeerError::Fatal(e)) => {
+                    return Err(ApiError::Unavailable(format!("This node's Raft has stopped: {e}")))
+                }
+                Err(PeerError::Unauthorized) => {
+                    return Err(ApiError::Internal("the leader refused this node's cluster secret".into()))
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(if maybe_applied {
+                    ApiError::OutcomeUnknown(format!(
+                        "The write was sent to the leader but not confirmed in time ({last}); it may or may not have been applied."
+                    ))
+                } else {
+                    ApiError::Unavailable(format!(
+                        "No leader is available to accept writes ({last}); retry shortly."
+                    ))
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Wait until this node's state machine reflects every write acknowledged before the call.
+    pub async fn linearize(&self) -> Result<(), ApiError> {
+        let deadline = Instant::now() + self.leader_wait;
+        let mut hint: Option<(u64, Node)> = None;
+        let mut last = String::from("no leader is known");
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let remaining =
+                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(200));
+            match self.leader().or(hint.take()) {
+                Some((id, _)) if id == self.id => {
+                    match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
+                        Ok(Ok(_)) => return Ok(()),
+                        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                            hint = f.leader_id.zip(f.leader_node).filter(|(id, _)| *id != self.id);
+                        }
+                        Ok(Err(e)) => last = e.to_string(),
+                        Err(_) => last = "leadership could not be confirmed in time".into(),
+                    }
+                }
+                Some((_, node)) => match self.peers.read_index(&node.rpc_addr, remaining).await {
+                    Ok(index) => {
+                        let wait = self.raft.wait(Some(remaining));
+                        return match wait.applied_index_at_least(index.map(|l| l.index), "read barrier").await {
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(ApiError::Unavailable(format!(
+                                "This node could not catch up with the leader in time ({e}); retry, or read with consistency=stale."
+                            ))),
+                        };
+                    }
+                    Err(PeerError::NotLeader { leader }) => hint = leader.filter(|(id, _)| *id != self.id),
+                    Err(e) => last = e.to_string(),
+                },
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ApiError::Unavailable(format!(
+                    "No leader is available to serve a linearizable read ({last}); retry shortly, or read with consistency=stale."
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Group commit: drain waiting commands into batches and submit each as one Raft entry.
+async fn batcher(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<Pending>, cfg: Batching) {
+    let slots = Arc::new(Semaphore::new(cfg.inflight.max(1)));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a slot is what lets a batch grow while earlier ones are in flight.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < cfg.max_ops {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let Some(cluster) = cluster.upgrade() else { return };
+        tokio::spawn(async move {
+            let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.tx)).unzip();
+            let req = Request {
+                proposed_at_ms: now_ms(),
+                ops: cmds.into_iter().map(|cmd| Op { id: Some(rand::random()), cmd }).collect(),
+            };
+            match cluster.submit(req).await {
+                Ok(resp) => {
+                    for (tx, outcome) in txs.into_iter().zip(resp.outcomes) {
+                        let _ = tx.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// On the leader, propose a purge whenever some key has expired. Followers only watch.
+pub async fn ttl_sweeper(cluster: Arc<Cluster>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !cluster.is_leader() {
+            continue;
+        }
+        let now = now_ms();
+        match cluster.view.has_expired(now) {
+            Ok(false) => {}
+            Ok(true) => match cluster.propose(Command::PurgeExpired { now_ms: now }).await {
+                Ok(Outcome::Purged { count }) => tracing::debug!(count, "purged expired keys"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purging expired keys failed; will retry"),
+            },
+            Err(e) => tracing::warn!(error = %e, "reading the expiry index failed"),
+        }
+    }
+}

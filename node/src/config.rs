@@ -1,0 +1,210 @@
+//! Every flag of `st2kv-node`, each with its environment variable, default and reason.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Configuration of one st2kv node. Every option can also be set through the environment
+/// variable named in its help, which is how containers configure it.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "st2kv-node",
+    version,
+    about = "A node of an st2kv cluster: StackStorm's datastore, replicated with Raft"
+)]
+pub struct Config {
+    /// This node's id in the cluster: unique, non-zero, never reused for another data dir.
+    #[arg(long = "id", env = "ST2KV_NODE_ID", default_value_t = 1)]
+    pub node_id: u64,
+
+    /// Where the node keeps its Raft log, state machine and snapshots.
+    #[arg(long, env = "ST2KV_DATA_DIR", default_value = "./st2kv-data")]
+    pub data_dir: PathBuf,
+
+    /// Address the public API listener binds (StackStorm's API port is 9101).
+    #[arg(long, env = "ST2KV_API_BIND", default_value = "127.0.0.1:9101")]
+    pub api_bind: SocketAddr,
+
+    /// Address clients and other nodes should use for this node's API; defaults to --api-bind.
+    #[arg(long, env = "ST2KV_API_ADVERTISE")]
+    pub api_advertise: Option<String>,
+
+    /// Address the auth listener binds (StackStorm's auth port is 9100).
+    #[arg(long, env = "ST2KV_AUTH_BIND", default_value = "127.0.0.1:9100")]
+    pub auth_bind: SocketAddr,
+
+    /// Address the peer listener (Raft RPCs, forwarded writes) binds. Keep it on a private network.
+    #[arg(long, env = "ST2KV_PEER_BIND", default_value = "127.0.0.1:9300")]
+    pub peer_bind: SocketAddr,
+
+    /// Address other nodes should use for this node's peer listener; defaults to --peer-bind.
+    #[arg(long, env = "ST2KV_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+
+    /// The founding members, as `ID=HOST[:PEER_PORT]` separated by commas (peer port 9300 when
+    /// omitted), e.g. `1=127.0.0.1,2=127.0.0.2,3=127.0.0.3`. Every founding node gets the same
+    /// list; the lowest id initializes the cluster once. Without it the node is a one-node cluster.
+    #[arg(long, env = "ST2KV_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// Shared secret every peer request must carry. Same value on every node.
+    #[arg(long, env = "ST2KV_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
+    /// A file holding the cluster secret (first line), instead of --cluster-secret.
+    #[arg(long, env = "ST2KV_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// Name of the Raft cluster, shown in errors and metrics.
+    #[arg(long, env = "ST2KV_CLUSTER_NAME", default_value = "st2kv")]
+    pub cluster_name: String,
+
+    /// Skip fdatasync: an acknowledged write then survives a process crash but not a power loss
+    /// (sled's flush is sync_file_range). For benchmarks and throwaway clusters only.
+    #[arg(long, env = "ST2KV_NO_FSYNC")]
+    pub no_fsync: bool,
+
+    /// Largest key name accepted, in bytes; larger names are refused with 413.
+    #[arg(long, env = "ST2KV_MAX_NAME_BYTES", default_value_t = 1024)]
+    pub max_name_bytes: usize,
+
+    /// Largest value accepted, in bytes; larger values are refused with 413.
+    #[arg(long, env = "ST2KV_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
+    pub max_value_bytes: usize,
+
+    /// Raft heartbeat in ms (also the AppendEntries deadline).
+    #[arg(long, env = "ST2KV_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+
+    /// Minimum election timeout in ms; the maximum is twice this.
+    #[arg(long, env = "ST2KV_ELECTION_TIMEOUT_MS", default_value_t = 500)]
+    pub election_timeout_ms: u64,
+
+    /// Take a snapshot after this many log entries, then purge the log behind it.
+    #[arg(long, env = "ST2KV_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+
+    /// Log entries kept behind a snapshot for slightly lagging followers.
+    #[arg(long, env = "ST2KV_SNAPSHOT_KEEP", default_value_t = 5_000)]
+    pub snapshot_keep: u64,
+
+    /// Most client commands group-committed into one Raft entry.
+    #[arg(long, env = "ST2KV_BATCH_MAX", default_value_t = 512)]
+    pub batch_max: usize,
+
+    /// Raft entries the node keeps in flight at once while group-committing.
+    #[arg(long, env = "ST2KV_BATCH_INFLIGHT", default_value_t = 4)]
+    pub batch_inflight: usize,
+
+    /// How long a request waits for a leader (election, forwarding) before answering 503, in ms.
+    #[arg(long, env = "ST2KV_LEADER_WAIT_MS", default_value_t = 3_000)]
+    pub leader_wait_ms: u64,
+
+    /// How often the leader looks for expired keys to purge, in ms.
+    #[arg(long, env = "ST2KV_TTL_SWEEP_MS", default_value_t = 1_000)]
+    pub ttl_sweep_ms: u64,
+
+    /// Log format: `plain` or `json`.
+    #[arg(long, env = "ST2KV_LOG_FORMAT", default_value = "plain")]
+    pub log_format: String,
+}
+
+impl Config {
+    pub fn api_advertise(&self) -> String {
+        self.api_advertise.clone().unwrap_or_else(|| self.api_bind.to_string())
+    }
+
+    pub fn peer_advertise(&self) -> String {
+        self.peer_advertise.clone().unwrap_or_else(|| self.peer_bind.to_string())
+    }
+
+    /// The cluster secret from the flag or the file, if any.
+    pub fn cluster_secret(&self) -> anyhow::Result<Option<String>> {
+        if let Some(s) = &self.cluster_secret {
+            return Ok(Some(s.clone()));
+        }
+        match &self.cluster_secret_file {
+            None => Ok(None),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read cluster secret file {}: {e}", p.display()))?;
+                let line = text.lines().next().unwrap_or("").trim().to_string();
+                anyhow::ensure!(!line.is_empty(), "cluster secret file {} is empty", p.display());
+                Ok(Some(line))
+            }
+        }
+    }
+
+    /// Parse `--initial-cluster` into `(id, peer address)` pairs.
+    pub fn initial_members(&self) -> anyhow::Result<Vec<(u64, String)>> {
+        let Some(spec) = &self.initial_cluster else { return Ok(Vec::new()) };
+        let mut out: Vec<(u64, String)> = Vec::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, addr) = part
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--initial-cluster entry {part:?} is not ID=HOST[:PORT]"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--initial-cluster entry {part:?}: {id:?} is not a node id"))?;
+            anyhow::ensure!(id != 0, "--initial-cluster entry {part:?}: node ids start at 1");
+            let addr = addr.trim();
+            anyhow::ensure!(!addr.is_empty(), "--initial-cluster entry {part:?} has no address");
+            let addr = if addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+                addr.to_string()
+            } else {
+                format!("{addr}:9300")
+            };
+            anyhow::ensure!(!out.iter().any(|(i, _)| *i == id), "--initial-cluster names node {id} twice");
+            out.push((id, addr));
+        }
+        if !out.is_empty() {
+            anyhow::ensure!(
+                out.iter().any(|(i, _)| *i == self.node_id),
+                "--initial-cluster does not list this node's id {}",
+                self.node_id
+            );
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Config {
+        let mut v = vec!["st2kv-node"];
+        v.extend_from_slice(args);
+        Config::parse_from(v)
+    }
+
+    #[test]
+    fn initial_cluster_defaults_the_peer_port() {
+        let c = cfg(&["--id", "2", "--initial-cluster", "1=127.0.0.1,2=127.0.0.2:9400, 3=n3"]);
+        assert_eq!(
+            c.initial_members().unwrap(),
+            vec![(1, "127.0.0.1:9300".into()), (2, "127.0.0.2:9400".into()), (3, "n3:9300".into())]
+        );
+    }
+
+    #[test]
+    fn initial_cluster_errors_are_explained() {
+        assert!(cfg(&["--initial-cluster", "1=a,1=b"])
+            .initial_members()
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        assert!(cfg(&["--initial-cluster", "x=a"])
+            .initial_members()
+            .unwrap_err()
+            .to_string()
+            .contains("node id"));
+        assert!(cfg(&["--id", "4", "--initial-cluster", "1=a"])
+            .initial_members()
+            .unwrap_err()
+            .to_string()
+            .contains("does not list"));
+    }
+}

@@ -1,0 +1,603 @@
+//! The state machine, driven directly through openraft's storage-v2 traits: entries built by
+//! hand go into `RaftStateMachine::apply`, snapshots are built on one store and installed on
+//! another, and every effect is checked through `store::StateView`, the node's read path.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftSnapshotBuilder, StoredMembership,
+};
+use st2kv_raft::store::{self, Store, DEDUP_WINDOW_MS};
+use st2kv_raft::{Command, KeyId, Node, NodeId, Op, Outcome, Record, Request, Response, Scope, TypeConfig};
+use tempfile::TempDir;
+
+/// An arbitrary "now" for the proposers' clocks, in unix ms.
+const T0: i64 = 1_700_000_000_000;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn normal(term: u64, index: u64, proposed_at_ms: i64, ops: Vec<Op>) -> Entry<TypeConfig> {
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Request { proposed_at_ms, ops }) }
+}
+
+/// A put of a plain, non-expiring value. The id it would give a new key is derived from the value,
+/// so a test can tell whether an update kept the old id.
+fn put(key: KeyId, value: &str, now_ms: i64) -> Command {
+    Command::Put {
+        key,
+        value: value.into(),
+        secret: false,
+        description: None,
+        expire_at_ms: None,
+        now_ms,
+        new_id: format!("id-{value}"),
+    }
+}
+
+fn expiring_at(mut cmd: Command, at_ms: i64) -> Command {
+    if let Command::Put { expire_at_ms, .. } = &mut cmd {
+        *expire_at_ms = Some(at_ms);
+    }
+    cmd
+}
+
+fn delete(key: KeyId, now_ms: i64) -> Command {
+    Command::Delete { key, now_ms }
+}
+
+fn op(cmd: Command) -> Op {
+    Op { id: None, cmd }
+}
+
+fn op_with_id(id: u128, cmd: Command) -> Op {
+    Op { id: Some(id), cmd }
+}
+
+/// One node's store in a temp dir, with a log-index counter for the entries it is fed.
+struct Replica {
+    dir: TempDir,
+    store: Store,
+    last_index: u64,
+}
+
+impl Replica {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store::open(dir.path(), false).expect("open store");
+        Replica { dir, store, last_index: 0 }
+    }
+
+    /// Close the store completely and open it again from the same directory.
+    fn reopen(self) -> Self {
+        let Replica { dir, store, last_index } = self;
+        drop(store);
+        let store = store::open(dir.path(), false).expect("reopen store");
+        Replica { dir, store, last_index }
+    }
+
+    /// Apply entries exactly as openraft would hand them over.
+    async fn apply(&mut self, entries: Vec<Entry<TypeConfig>>) -> Vec<Response> {
+        if let Some(last) = entries.last() {
+            self.last_index = last.log_id.index;
+        }
+        self.store.state_machine.apply(entries).await.expect("apply")
+    }
+
+    /// Apply one normal entry (term 1, the next index) holding `ops`, proposed at `at_ms`.
+    async fn propose(&mut self, at_ms: i64, ops: Vec<Op>) -> Vec<Outcome> {
+        let entry = normal(1, self.last_index + 1, at_ms, ops);
+        let mut responses = self.apply(vec![entry]).await;
+        assert_eq!(responses.len(), 1, "one response per entry");
+        responses.remove(0).outcomes
+    }
+
+    /// Shorthand for a single op without a request id.
+    async fn run(&mut self, at_ms: i64, cmd: Command) -> Outcome {
+        let mut outcomes = self.propose(at_ms, vec![op(cmd)]).await;
+        assert_eq!(outcomes.len(), 1, "one outcome per op");
+        outcomes.remove(0)
+    }
+
+    fn get(&self, key: &KeyId, now_ms: i64) -> Option<Record> {
+        self.store.view.get(key, now_ms).expect("get")
+    }
+
+    fn value(&self, key: &KeyId, now_ms: i64) -> Option<String> {
+        self.get(key, now_ms).map(|r| r.value)
+    }
+
+    /// Key refs of a full prefix listing.
+    fn list(&self, scope: Scope, user: &str, prefix: &str, now_ms: i64) -> Vec<String> {
+        self.page(scope, user, prefix, 0, None, now_ms)
+    }
+
+    fn page(
+        &self,
+        scope: Scope,
+        user: &str,
+        prefix: &str,
+        offset: usize,
+        limit: Option<usize>,
+        now_ms: i64,
+    ) -> Vec<String> {
+        let listed = self.store.view.list(scope, user, prefix, offset, limit, now_ms).expect("list");
+        listed.into_iter().map(|(k, _)| k.key_ref()).collect()
+    }
+
+    fn ops_applied(&self) -> u64 {
+        self.store.view.ops_applied().expect("ops_applied")
+    }
+
+    fn has_expired(&self, now_ms: i64) -> bool {
+        self.store.view.has_expired(now_ms).expect("has_expired")
+    }
+
+    fn state_hash(&self) -> u64 {
+        self.store.view.state_hash().expect("state_hash")
+    }
+
+    async fn applied_state(&mut self) -> (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>) {
+        self.store.state_machine.applied_state().await.expect("applied_state")
+    }
+}
+
+fn three_node_membership() -> Membership<NodeId, Node> {
+    let nodes: BTreeMap<NodeId, Node> = (1..=3)
+        .map(|id| (id, Node { rpc_addr: format!("10.0.0.{id}:7000"), api_addr: format!("10.0.0.{id}:9101") }))
+        .collect();
+    Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Put, update, delete
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_creates_then_updates_and_delete_answers_deleted_then_not_found() {
+    let mut r = Replica::new();
+    let key = KeyId::system("app.colour");
+
+    // Entry 1 creates the key: the proposer's id and clock, the entry's index as revision.
+    let created = Record {
+        id: "id-red".into(),
+        value: "red".into(),
+        secret: false,
+        description: None,
+        expire_at_ms: None,
+        created_ms: T0,
+        updated_ms: T0,
+        revision: 1,
+    };
+    assert_eq!(
+        r.run(T0, put(key.clone(), "red", T0)).await,
+        Outcome::Put { record: created.clone(), created: true }
+    );
+    assert_eq!(r.get(&key, T0), Some(created));
+
+    // Entry 2 replaces it: same id and creation time, new value, update time and revision.
+    let updated = Record {
+        id: "id-red".into(),
+        value: "blue".into(),
+        secret: false,
+        description: None,
+        expire_at_ms: None,
+        created_ms: T0,
+        updated_ms: T0 + 5,
+        revision: 2,
+    };
+    assert_eq!(
+        r.run(T0 + 5, put(key.clone(), "blue", T0 + 5)).await,
+        Outcome::Put { record: updated.clone(), created: false }
+    );
+    assert_eq!(r.get(&key, T0 + 5), Some(updated.clone()));
+
+    // Entry 3 deletes it and returns what was there; entry 4 finds nothing left.
+    assert_eq!(r.run(T0 + 6, delete(key.clone(), T0 + 6)).await, Outcome::Deleted { record: updated });
+    assert_eq!(r.get(&key, T0 + 6), None);
+    assert_eq!(r.run(T0 + 7, delete(key.clone(), T0 + 7)).await, Outcome::NotFound);
+
+    // A put after the delete is a creation again, with the new id.
+    match r.run(T0 + 8, put(key.clone(), "green", T0 + 8)).await {
+        Outcome::Put { record, created } => {
+            assert!(created);
+            assert_eq!((record.id.as_str(), record.created_ms, record.revision), ("id-green", T0 + 8, 5));
+        }
+        other => panic!("expected a put, got {other:?}"),
+    }
+    assert_eq!(r.ops_applied(), 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Scopes and owners
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_and_user_scopes_and_different_users_never_clash() {
+    let mut r = Replica::new();
+    let sys = KeyId::system("token");
+    let alice = KeyId::user("alice", "token");
+    let alice2 = KeyId::user("alice2", "token");
+    r.propose(
+        T0,
+        vec![
+            op(put(sys.clone(), "system-value", T0)),
+            op(put(alice.clone(), "alice-value", T0)),
+            op(put(alice2.clone(), "alice2-value", T0)),
+            op(put(KeyId::user("alice2", "tokenizer"), "alice2-other", T0)),
+            // A system key whose name looks like alice's key reference.
+            op(put(KeyId::system("alice:token"), "lookalike", T0)),
+        ],
+    )
+    .await;
+
+    assert_eq!(r.value(&sys, T0).as_deref(), Some("system-value"));
+    assert_eq!(r.value(&alice, T0).as_deref(), Some("alice-value"));
+    assert_eq!(r.value(&alice2, T0).as_deref(), Some("alice2-value"));
+
+    // Each listing sees its own keys only: alice is a prefix of alice2, yet they stay apart.
+    assert_eq!(r.list(Scope::User, "alice", "", T0), ["alice:token"]);
+    assert_eq!(r.list(Scope::User, "alice2", "", T0), ["alice2:token", "alice2:tokenizer"]);
+    assert_eq!(r.list(Scope::User, "alice2", "tokeni", T0), ["alice2:tokenizer"]);
+    assert_eq!(r.list(Scope::System, "", "", T0), ["alice:token", "token"]);
+    assert!(r.list(Scope::User, "ali", "", T0).is_empty());
+    assert!(r.list(Scope::User, "", "", T0).is_empty());
+
+    // Deleting alice's key leaves the same name elsewhere alone.
+    assert!(matches!(r.run(T0, delete(alice.clone(), T0)).await, Outcome::Deleted { .. }));
+    assert_eq!(r.get(&alice, T0), None);
+    assert_eq!(r.value(&sys, T0).as_deref(), Some("system-value"));
+    assert_eq!(r.value(&alice2, T0).as_deref(), Some("alice2-value"));
+    assert_eq!(r.list(Scope::System, "", "", T0), ["alice:token", "token"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. TTL
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_are_hidden_then_purged_and_replaced_expiries_are_forgotten() {
+    let mut r = Replica::new();
+    let ephemeral = KeyId::system("ephemeral");
+    let durable = KeyId::system("durable");
+    let renewed = KeyId::system("renewed");
+    let extended = KeyId::system("extended");
+    let expires = T0 + 1_000;
+
+    // `renewed` and `extended` first expire at `expires`, then are replaced by a put without an
+    // expiry and by one with a later expiry: their old expiry must be gone from the index.
+    r.propose(
+        T0,
+        vec![
+            op(put(durable.clone(), "d", T0)),
+            op(expiring_at(put(renewed.clone(), "r1", T0), expires)),
+            op(expiring_at(put(extended.clone(), "e1", T0), expires)),
+        ],
+    )
+    .await;
+    assert!(r.has_expired(expires));
+    r.propose(
+        T0 + 1,
+        vec![
+            op(put(renewed.clone(), "r2", T0 + 1)),
+            op(expiring_at(put(extended.clone(), "e2", T0 + 1), T0 + 5_000)),
+        ],
+    )
+    .await;
+    assert!(!r.has_expired(expires), "replaced keys left stale expiry index entries");
+
+    r.run(T0 + 2, expiring_at(put(ephemeral.clone(), "x", T0 + 2), expires)).await;
+
+    // Readable up to the instant before expiry; hidden from it on (expiry is inclusive).
+    assert_eq!(r.value(&ephemeral, expires - 1).as_deref(), Some("x"));
+    assert_eq!(r.list(Scope::System, "", "", expires - 1), ["durable", "ephemeral", "extended", "renewed"]);
+    assert!(!r.has_expired(expires - 1));
+    assert_eq!(r.get(&ephemeral, expires), None);
+    assert_eq!(r.list(Scope::System, "", "", expires), ["durable", "extended", "renewed"]);
+    assert!(r.has_expired(expires));
+    assert_eq!(r.store.view.key_count(), 4, "hidden but still stored until purged");
+
+    // A purge removes exactly the expired key.
+    assert_eq!(r.run(expires, Command::PurgeExpired { now_ms: expires }).await, Outcome::Purged { count: 1 });
+    assert_eq!(r.store.view.key_count(), 3);
+    assert!(!r.has_expired(expires));
+    assert_eq!(r.list(Scope::System, "", "", expires), ["durable", "extended", "renewed"]);
+    assert_eq!(r.run(expires, Command::PurgeExpired { now_ms: expires }).await, Outcome::Purged { count: 0 });
+
+    // Later, the extended key expires and is purged too; the renewed one never is.
+    assert!(r.has_expired(T0 + 5_000));
+    assert_eq!(
+        r.run(T0 + 5_000, Command::PurgeExpired { now_ms: T0 + 5_000 }).await,
+        Outcome::Purged { count: 1 }
+    );
+    assert!(!r.has_expired(i64::MAX / 2));
+    assert_eq!(r.list(Scope::System, "", "", i64::MAX / 2), ["durable", "renewed"]);
+    assert_eq!(r.value(&renewed, i64::MAX / 2).as_deref(), Some("r2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_but_unpurged_key_is_gone_for_put_and_delete() {
+    let mut r = Replica::new();
+    let key = KeyId::user("bob", "session");
+    let expires = T0 + 1_000;
+    r.run(T0, expiring_at(put(key.clone(), "s1", T0), expires)).await;
+
+    // Deleting it after expiry answers NotFound (and drops it from storage).
+    assert_eq!(r.run(expires, delete(key.clone(), expires)).await, Outcome::NotFound);
+    assert_eq!(r.store.view.key_count(), 0);
+    assert!(!r.has_expired(expires));
+
+    // Writing over an expired key is a creation: new id, new creation time.
+    r.run(T0, expiring_at(put(key.clone(), "s2", T0), expires)).await;
+    match r.run(expires + 1, put(key.clone(), "s3", expires + 1)).await {
+        Outcome::Put { record, created } => {
+            assert!(created, "an expired key must not be updated in place");
+            assert_eq!(record.id, "id-s3");
+            assert_eq!(record.created_ms, expires + 1);
+            assert_eq!(record.expire_at_ms, None);
+        }
+        other => panic!("expected a put, got {other:?}"),
+    }
+    assert!(!r.has_expired(i64::MAX / 2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Request ids
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_with_a_request_id_is_applied_once_and_the_retry_gets_the_first_outcome() {
+    let mut r = Replica::new();
+    let key = KeyId::system("counter");
+    let retried = op_with_id(7, put(key.clone(), "1", T0));
+
+    let first = r.propose(T0, vec![retried.clone()]).await;
+    assert!(matches!(&first[..], [Outcome::Put { created: true, record }] if record.revision == 1));
+    assert_eq!(r.ops_applied(), 1);
+
+    // Entry 2 carries the same op again (a forwarding retry) next to a fresh op.
+    let second = r.propose(T0 + 10, vec![retried.clone(), op(put(KeyId::system("other"), "o", T0))]).await;
+    assert_eq!(second[0], first[0], "a retry is answered with the first outcome");
+    assert_eq!(r.ops_applied(), 2, "only the fresh op counts");
+    assert_eq!(r.get(&key, T0).map(|rec| rec.revision), Some(1), "the retry did not write");
+
+    // Two entries with the same id in one apply call: the second sees the first's memory.
+    let twice = op_with_id(8, put(key.clone(), "2", T0 + 20));
+    let responses =
+        r.apply(vec![normal(1, 3, T0 + 20, vec![twice.clone()]), normal(1, 4, T0 + 21, vec![twice])]).await;
+    assert_eq!(responses[0].outcomes, responses[1].outcomes);
+    assert!(
+        matches!(&responses[0].outcomes[..], [Outcome::Put { created: false, record }] if record.revision == 3)
+    );
+    assert_eq!(r.ops_applied(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_forgotten_after_the_dedup_window() {
+    let mut r = Replica::new();
+    let key = KeyId::system("k");
+    let retried = op_with_id(42, put(key.clone(), "v", T0));
+
+    r.propose(T0, vec![retried.clone()]).await; // entry 1
+    assert_eq!(r.ops_applied(), 1);
+
+    // Exactly one window later the id is still remembered.
+    let at_edge = r.propose(T0 + DEDUP_WINDOW_MS, vec![retried.clone()]).await; // entry 2
+    assert!(matches!(&at_edge[..], [Outcome::Put { created: true, record }] if record.revision == 1));
+    assert_eq!(r.ops_applied(), 1);
+
+    // A batch proposed more than a window after it ages the id out...
+    r.run(T0 + DEDUP_WINDOW_MS + 1, put(KeyId::system("unrelated"), "u", T0)).await; // entry 3
+    assert_eq!(r.ops_applied(), 2);
+
+    // ...so the same op is now applied afresh, as an update at the new index.
+    let again = r.propose(T0 + DEDUP_WINDOW_MS + 2, vec![retried]).await; // entry 4
+    assert!(matches!(&again[..], [Outcome::Put { created: false, record }] if record.revision == 4));
+    assert_eq!(r.ops_applied(), 3);
+}
+
+/// A retry that arrives in the very batch whose `proposed_at_ms` puts the id past the window is
+/// still answered from memory, because old ids are aged out only after the batch's ops ran. So
+/// whether an id older than the window is remembered depends on whether any other batch happened
+/// to be applied in between. Deterministic on every replica, hence ignored rather than failing;
+/// see the report that accompanied this file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "store.rs ages request ids out after, not before, the ops of a batch"]
+async fn a_retry_past_the_window_is_applied_even_if_no_batch_came_in_between() {
+    let mut r = Replica::new();
+    let retried = op_with_id(42, put(KeyId::system("k"), "v", T0));
+    r.propose(T0, vec![retried.clone()]).await; // entry 1
+
+    let late = r.propose(T0 + DEDUP_WINDOW_MS + 1, vec![retried]).await; // entry 2
+    assert!(
+        matches!(&late[..], [Outcome::Put { created: false, record }] if record.revision == 2),
+        "id older than DEDUP_WINDOW_MS was still remembered: {late:?}"
+    );
+    assert_eq!(r.ops_applied(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Last applied and membership
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_records_the_last_log_id_and_the_latest_membership() {
+    let mut r = Replica::new();
+    assert_eq!(r.applied_state().await, (None, StoredMembership::default()));
+    assert_eq!(r.store.view.applied().unwrap(), None);
+
+    // A leader's blank entry, a write, a membership change, then a write in a later term.
+    let entries = vec![
+        Entry { log_id: log_id(1, 1), payload: EntryPayload::Blank },
+        normal(1, 2, T0, vec![op(put(KeyId::system("a"), "1", T0))]),
+        Entry { log_id: log_id(1, 3), payload: EntryPayload::Membership(three_node_membership()) },
+        normal(2, 4, T0 + 1, vec![op(put(KeyId::system("b"), "2", T0 + 1))]),
+    ];
+    let responses = r.apply(entries).await;
+    assert_eq!(responses.len(), 4, "one response per entry");
+    assert!(responses[0].outcomes.is_empty() && responses[2].outcomes.is_empty());
+    assert!(matches!(&responses[3].outcomes[..], [Outcome::Put { record, .. }] if record.revision == 4));
+
+    let (applied, membership) = r.applied_state().await;
+    assert_eq!(applied, Some(log_id(2, 4)));
+    assert_eq!(r.store.view.applied().unwrap(), Some(log_id(2, 4)));
+    assert_eq!(membership, StoredMembership::new(Some(log_id(1, 3)), three_node_membership()));
+    assert_eq!(membership.membership().get_node(&2).map(|n| n.rpc_addr.as_str()), Some("10.0.0.2:7000"));
+
+    // A lone blank entry still moves last-applied; membership stays where it was.
+    r.apply(vec![Entry { log_id: log_id(3, 5), payload: EntryPayload::Blank }]).await;
+    let (applied, membership2) = r.applied_state().await;
+    assert_eq!(applied, Some(log_id(3, 5)));
+    assert_eq!(membership2, membership);
+
+    // A later membership entry replaces the stored one.
+    let solo = Membership::new(vec![BTreeSet::from([1])], BTreeMap::from([(1, Node::default())]));
+    r.apply(vec![Entry { log_id: log_id(3, 6), payload: EntryPayload::Membership(solo.clone()) }]).await;
+    assert_eq!(
+        r.applied_state().await,
+        (Some(log_id(3, 6)), StoredMembership::new(Some(log_id(3, 6)), solo))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Snapshots
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installed_snapshot_replaces_the_whole_state_and_survives_a_reopen() {
+    let expires = T0 + 1_000;
+    let user_key = KeyId::user("alice", "api_key");
+
+    // Store A: a system key, a secret user key, an expiring key, a remembered request id and a
+    // membership.
+    let mut a = Replica::new();
+    let a_outcomes = a
+        .apply(vec![
+            Entry { log_id: log_id(1, 1), payload: EntryPayload::Membership(three_node_membership()) },
+            normal(
+                1,
+                2,
+                T0,
+                vec![
+                    op(put(KeyId::system("region"), "eu", T0)),
+                    op_with_id(
+                        99,
+                        Command::Put {
+                            key: user_key.clone(),
+                            value: "ciphertext".into(),
+                            secret: true,
+                            description: Some("alice's key".into()),
+                            expire_at_ms: None,
+                            now_ms: T0,
+                            new_id: "0123456789abcdef01234567".into(),
+                        },
+                    ),
+                    op(expiring_at(put(KeyId::system("lock"), "held", T0), expires)),
+                ],
+            ),
+            normal(2, 3, T0 + 1, vec![op(put(KeyId::system("region"), "us", T0 + 1))]),
+        ])
+        .await;
+    let a_applied = a.applied_state().await;
+    assert_eq!(a_applied.0, Some(log_id(2, 3)));
+
+    let snap = a.store.state_machine.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    assert_eq!(snap.meta.last_log_id, a_applied.0);
+    assert_eq!(snap.meta.last_membership, a_applied.1);
+    let snap_bytes = snap.snapshot.get_ref().clone();
+    let a_current =
+        a.store.state_machine.get_current_snapshot().await.unwrap().expect("A keeps its snapshot");
+    assert_eq!(a_current.meta, snap.meta);
+
+    // Store B has history of its own that the snapshot must wipe out, expiring key included.
+    let mut b = Replica::new();
+    b.propose(
+        T0,
+        vec![
+            op(put(KeyId::system("stale"), "old", T0)),
+            op(put(KeyId::system("region"), "ap", T0)),
+            op(put(KeyId::user("bob", "old"), "old", T0)),
+            op(expiring_at(put(KeyId::system("stale-lock"), "x", T0), T0 + 500)),
+        ],
+    )
+    .await;
+    assert_ne!(b.state_hash(), a.state_hash());
+    assert_eq!(b.store.state_machine.get_current_snapshot().await.unwrap().map(|s| s.meta), None);
+
+    b.store.state_machine.install_snapshot(&snap.meta, snap.snapshot).await.expect("install");
+
+    let check_b_matches_a = |b: &Replica, a: &Replica| {
+        for now in [T0, expires] {
+            assert_eq!(b.list(Scope::System, "", "", now), a.list(Scope::System, "", "", now));
+        }
+        assert_eq!(b.list(Scope::System, "", "", T0), ["lock", "region"]);
+        assert_eq!(b.list(Scope::User, "alice", "", T0), ["alice:api_key"]);
+        assert!(b.list(Scope::User, "bob", "", T0).is_empty(), "stale user key survived");
+        assert_eq!(b.get(&KeyId::system("stale"), T0), None, "stale system key survived");
+        assert_eq!(b.get(&user_key, T0), a.get(&user_key, T0));
+        assert_eq!(b.value(&KeyId::system("region"), T0).as_deref(), Some("us"));
+        assert_eq!(b.store.view.key_count(), 3);
+        assert_eq!(b.state_hash(), a.state_hash());
+        assert_eq!(b.ops_applied(), a.ops_applied());
+        assert_eq!(b.store.view.applied().unwrap(), Some(log_id(2, 3)));
+        // Only A's expiring key is left in the expiry index.
+        assert!(!b.has_expired(T0 + 500));
+        assert!(b.has_expired(expires));
+    };
+    check_b_matches_a(&b, &a);
+    assert_eq!(b.applied_state().await, a_applied);
+    let current =
+        b.store.state_machine.get_current_snapshot().await.unwrap().expect("installed snapshot kept");
+    assert_eq!(current.meta, snap.meta);
+    assert_eq!(current.snapshot.get_ref(), &snap_bytes);
+
+    // Everything is still there after closing B and opening it again from disk.
+    let mut b = b.reopen();
+    check_b_matches_a(&b, &a);
+    assert_eq!(b.applied_state().await, a_applied);
+    let current = b.store.state_machine.get_current_snapshot().await.unwrap().expect("snapshot kept on disk");
+    assert_eq!(current.meta, snap.meta);
+
+    // B carries on from the snapshot like A would: the remembered request id and the expiry
+    // index came along.
+    b.last_index = 3;
+    let retry = op_with_id(99, put(user_key.clone(), "other ciphertext", T0 + 2));
+    assert_eq!(b.propose(T0 + 2, vec![retry]).await[..], a_outcomes[1].outcomes[1..2]);
+    assert_eq!(b.value(&user_key, T0).as_deref(), Some("ciphertext"));
+    assert_eq!(b.run(expires, Command::PurgeExpired { now_ms: expires }).await, Outcome::Purged { count: 1 });
+    assert_eq!(b.list(Scope::System, "", "", T0), ["region"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Pagination
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_are_name_ordered_and_skip_expired_keys() {
+    let mut r = Replica::new();
+    // Ten live keys written out of order, plus an expired key and a key outside the prefix.
+    let mut ops: Vec<Op> = [7, 2, 9, 0, 5, 3, 8, 1, 6, 4]
+        .iter()
+        .map(|i| op(put(KeyId::system(format!("k{i:02}")), "v", T0)))
+        .collect();
+    ops.push(op(expiring_at(put(KeyId::system("k03b"), "gone", T0), T0)));
+    ops.push(op(put(KeyId::system("other"), "v", T0)));
+    r.propose(T0, ops).await;
+
+    let all: Vec<String> = (0..10).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(r.list(Scope::System, "", "k", T0), all);
+
+    let page = |offset, limit| r.page(Scope::System, "", "k", offset, limit, T0);
+    assert_eq!(page(0, Some(4)), all[0..4]);
+    assert_eq!(page(4, Some(4)), all[4..8]);
+    assert_eq!(page(8, Some(4)), all[8..10]);
+    assert!(page(10, Some(4)).is_empty());
+    assert!(page(0, Some(0)).is_empty());
+    assert_eq!(page(3, None), all[3..]);
+    assert_eq!(page(9, Some(100)), all[9..]);
+
+    // Walking page by page yields every key exactly once, in order.
+    let mut walked = Vec::new();
+    for offset in (0..12).step_by(3) {
+        walked.extend(page(offset, Some(3)));
+    }
+    assert_eq!(walked, all);
+}
