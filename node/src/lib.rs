@@ -23,6 +23,7 @@
 //! - Authentication, users, tokens and API keys; the user scope is the system user's own.
 //! - Encryption: a secret write is refused with StackStorm's "Crypto key not found" message.
 //! - Membership changes after formation, metrics, backup and restore.
+//!
 //! Storage and consensus live in `st2kv-raft`; this crate holds no storage logic.
 
 pub mod cluster;

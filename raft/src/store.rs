@@ -17,6 +17,9 @@
 //! - `apply` of a batch of entries is one `apply_batch` on the `sm` tree: data, indexes, request
 //!   ids and the last-applied log id change together or not at all.
 
+// openraft's trait methods return its `StorageError` (large by design); our helpers share it.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -395,6 +398,14 @@ fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome,
 }
 
 fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response, StoreError> {
+    // Forget request ids proposed more than DEDUP_WINDOW_MS before this batch, first, so whether
+    // an old id is remembered never depends on unrelated traffic in between.
+    for ak in ov.keys_in(&[DEDUP_AGE], &dedup_age_bound(req.proposed_at_ms - DEDUP_WINDOW_MS))? {
+        if let Some(id) = dedup_id_from_age_key(&ak) {
+            ov.del(dedup_key(id));
+        }
+        ov.del(ak);
+    }
     let mut outcomes = Vec::with_capacity(req.ops.len());
     let mut applied = 0u64;
     for op in &req.ops {
@@ -411,13 +422,6 @@ fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response
             ov.put(dedup_age_key(req.proposed_at_ms, id), Vec::new());
         }
         outcomes.push(outcome);
-    }
-    // Forget request ids proposed more than DEDUP_WINDOW_MS before this batch.
-    for ak in ov.keys_in(&[DEDUP_AGE], &dedup_age_bound(req.proposed_at_ms - DEDUP_WINDOW_MS))? {
-        if let Some(id) = dedup_id_from_age_key(&ak) {
-            ov.del(dedup_key(id));
-        }
-        ov.del(ak);
     }
     let ops: u64 = match ov.get(META_OPS)? {
         Some(v) => decode(&v)?,
@@ -567,8 +571,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// A consistent cut of the state machine: last applied, membership, and every data pair.
+type SnapshotCopy = (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>, SnapshotPairs);
+
 pub struct SnapshotBuilder {
-    copy: Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>, SnapshotPairs), String>,
+    copy: Result<SnapshotCopy, String>,
     disk: Arc<Disk>,
     snap: sled::Tree,
 }

@@ -397,13 +397,10 @@ async fn request_ids_are_forgotten_after_the_dedup_window() {
     assert_eq!(r.ops_applied(), 3);
 }
 
-/// A retry that arrives in the very batch whose `proposed_at_ms` puts the id past the window is
-/// still answered from memory, because old ids are aged out only after the batch's ops ran. So
-/// whether an id older than the window is remembered depends on whether any other batch happened
-/// to be applied in between. Deterministic on every replica, hence ignored rather than failing;
-/// see the report that accompanied this file.
+/// Regression: ids used to be aged out after a batch's ops ran, so a retry arriving in the very
+/// batch that puts the id past the window was still answered from memory, and whether an old id
+/// was remembered depended on unrelated traffic in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "store.rs ages request ids out after, not before, the ops of a batch"]
 async fn a_retry_past_the_window_is_applied_even_if_no_batch_came_in_between() {
     let mut r = Replica::new();
     let retried = op_with_id(42, put(KeyId::system("k"), "v", T0));

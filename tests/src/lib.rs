@@ -1,1 +1,319 @@
-//! tests
+//! # st2kv-tests: cluster scenarios against real node processes
+//!
+//! [`TestCluster`] starts `st2kv-node` child processes on loopback (each node on its own
+//! 127.0.0.x address with free ports), and offers the verbs the scenarios are written in:
+//! `leader()`, `kill(i)` (SIGKILL), `stop(i)` (SIGTERM), `restart(i)`, `status(i)`,
+//! `wait_converged()`. The binaries are the ones `cargo build --workspace --bins` puts next to
+//! the test executables; `scripts/test.sh` builds them first.
+//!
+//! What this crate does not do: unit-test anything. Each crate tests its own units; these tests
+//! check what only a running cluster can show (replication, failover, durability, snapshots,
+//! and the real clients).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of a workspace binary built next to the running test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, or run scripts/test.sh)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on `ip`.
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// One node's addresses and process.
+pub struct TestNode {
+    pub id: u64,
+    pub ip: String,
+    pub api: SocketAddr,
+    pub auth: SocketAddr,
+    pub peer: SocketAddr,
+    pub data_dir: PathBuf,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// Base URL of the API listener, e.g. `http://127.0.0.2:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// Options for [`TestCluster::start_with`].
+#[derive(Clone, Default)]
+pub struct ClusterOptions {
+    /// Extra flags for every node, e.g. `--snapshot-every 100`.
+    pub node_args: Vec<String>,
+}
+
+/// A cluster of node processes that are killed when it is dropped.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    initial: String,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl TestCluster {
+    /// Start `n` nodes and wait until they agree on a leader.
+    pub async fn start(n: usize) -> TestCluster {
+        Self::start_with(n, ClusterOptions::default()).await
+    }
+
+    pub async fn start_with(n: usize, opts: ClusterOptions) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            // Each node gets its own loopback address, like the README's 127.0.0.1-3 layout.
+            let ip = format!("127.0.{}.{}", rand::random::<u8>() % 200 + 20, i);
+            let ip = if TcpListener::bind((ip.as_str(), 0)).is_ok() { ip } else { "127.0.0.1".to_string() };
+            let port = |ip: &str| SocketAddr::new(ip.parse().unwrap(), free_port(ip));
+            nodes.push(TestNode {
+                id: i as u64,
+                api: port(&ip),
+                auth: port(&ip),
+                peer: port(&ip),
+                ip,
+                data_dir: dir.path().join(format!("n{i}")),
+                extra_args: opts.node_args.clone(),
+                child: None,
+            });
+        }
+        let initial = nodes.iter().map(|n| format!("{}={}", n.id, n.peer)).collect::<Vec<_>>().join(",");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+        let mut c = TestCluster { nodes, initial, _dir: dir, http };
+        for i in 1..=n {
+            c.spawn(i);
+        }
+        c.wait_for_leader(Duration::from_secs(20)).await;
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial = self.initial.clone();
+        let node = &mut self.nodes[i - 1];
+        assert!(node.child.is_none(), "node {i} is already running");
+        std::fs::create_dir_all(&node.data_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.data_dir.join("node.log"))
+            .unwrap();
+        let child = Command::new(bin("st2kv-node"))
+            .args(["--id", &node.id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--api-bind", &node.api.to_string()])
+            .args(["--auth-bind", &node.auth.to_string()])
+            .args(["--peer-bind", &node.peer.to_string()])
+            .args(["--initial-cluster", &initial])
+            .args(&node.extra_args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn st2kv-node");
+        node.child = Some(child);
+    }
+
+    pub fn node(&self, i: usize) -> &TestNode {
+        &self.nodes[i - 1]
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        self.node(i).url()
+    }
+
+    /// Every node's URL, comma-separated, as `st2kv --url` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
+    }
+
+    /// A Rust client talking to node `i` only.
+    pub fn client(&self, i: usize) -> st2kv_api::Client {
+        st2kv_api::Client::new(&[self.url(i)]).unwrap()
+    }
+
+    /// A Rust client that knows every node and fails over between them.
+    pub fn client_all(&self) -> st2kv_api::Client {
+        let urls: Vec<String> = self.nodes.iter().map(|n| n.url()).collect();
+        st2kv_api::Client::new(&urls).unwrap()
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// SIGKILL node `i`: no chance to flush or say goodbye.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i - 1].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL several nodes as close together as possible.
+    pub fn kill_all(&mut self) {
+        let pids: Vec<i32> =
+            self.nodes.iter().filter_map(|n| n.child.as_ref().map(|c| c.id() as i32)).collect();
+        for pid in pids {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// SIGTERM node `i` and wait for it to exit; returns whether it exited cleanly.
+    pub fn stop(&mut self, i: usize) -> bool {
+        match self.nodes[i - 1].child.take() {
+            Some(mut c) => {
+                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        return st.success();
+                    }
+                    if Instant::now() > deadline {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            None => true,
+        }
+    }
+
+    /// Start node `i` again on the same data dir and addresses.
+    pub async fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_api(i, Duration::from_secs(20)).await;
+    }
+
+    async fn wait_api(&self, i: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.status(i).await.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {i} did not come up within {within:?}; log:\n{}", self.log(i));
+    }
+
+    /// The node's `/v1/cluster/status`, or `None` if it does not answer.
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        let url = format!("{}/v1/cluster/status", self.url(i));
+        let resp = self.http.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+        resp.json().await.ok()
+    }
+
+    /// Node `i`'s status with a digest of its whole key space.
+    pub async fn status_with_hash(&self, i: usize) -> Option<Value> {
+        let url = format!("{}/v1/cluster/status?hash=true", self.url(i));
+        let resp = self.http.get(url).timeout(Duration::from_secs(5)).send().await.ok()?;
+        resp.json().await.ok()
+    }
+
+    /// The node index (1-based) all running nodes agree is leader, if they agree.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut seen = None;
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
+            let s = self.status(n.id as usize).await?;
+            let l = s["leader"].as_u64()? as usize;
+            if seen.is_some_and(|x| x != l) {
+                return None;
+            }
+            seen = Some(l);
+        }
+        seen.filter(|l| self.nodes[l - 1].is_running())
+    }
+
+    pub async fn wait_for_leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(l) = self.leader().await {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader within {within:?}; node 1 log:\n{}", self.log(1));
+    }
+
+    /// A running node that is not the leader.
+    pub async fn follower(&self) -> usize {
+        let l = self.wait_for_leader(Duration::from_secs(20)).await;
+        self.nodes
+            .iter()
+            .find(|n| n.is_running() && n.id as usize != l)
+            .map(|n| n.id as usize)
+            .expect("a follower")
+    }
+
+    /// Wait until every running node has applied the same index and holds the same keys.
+    pub async fn wait_converged(&self, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut all = Vec::new();
+            for n in self.nodes.iter().filter(|n| n.is_running()) {
+                if let Some(s) = self.status_with_hash(n.id as usize).await {
+                    all.push(s);
+                }
+            }
+            let running = self.nodes.iter().filter(|n| n.is_running()).count();
+            if all.len() == running
+                && all.windows(2).all(|w| {
+                    w[0]["applied_index"] == w[1]["applied_index"] && w[0]["state_hash"] == w[1]["state_hash"]
+                })
+            {
+                return all;
+            }
+            if Instant::now() > deadline {
+                panic!("nodes did not converge within {within:?}: {all:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The tail of node `i`'s log, for failure messages.
+    pub fn log(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.node(i).data_dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// A key name unique to this process and call.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
