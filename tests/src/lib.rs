@@ -317,3 +317,51 @@ impl Drop for TestCluster {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
+
+/// The real StackStorm CLI (`st2` from PyPI st2client 3.9.0): `$ST2_BIN`, else the virtualenv
+/// `scripts/test.sh` creates at `/opt/st2venv`. Missing is a failure, not a skip: set
+/// `ST2KV_SKIP_ST2=1` to opt out explicitly (the returned `None` then skips the test).
+pub fn st2_cli() -> Option<PathBuf> {
+    if std::env::var_os("ST2KV_SKIP_ST2").is_some() {
+        eprintln!("ST2KV_SKIP_ST2 is set: skipping the real st2 CLI scenario");
+        return None;
+    }
+    let path = std::env::var_os("ST2_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/st2venv/bin/st2"));
+    assert!(
+        path.exists(),
+        "the real st2 CLI is not at {} (run scripts/test.sh, which installs st2client==3.9.0 there, or set ST2_BIN)",
+        path.display()
+    );
+    Some(path)
+}
+
+/// Output of one CLI run.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run the real `st2` CLI against node `i` of `cluster`, with a private HOME.
+pub fn st2(cli: &Path, cluster: &TestCluster, i: usize, home: &Path, args: &[&str]) -> CliOutput {
+    let node = cluster.node(i);
+    let out = Command::new(cli)
+        .args(args)
+        .env("ST2_API_URL", format!("http://{}/v1", node.api))
+        .env("ST2_AUTH_URL", format!("http://{}", node.auth))
+        .env("ST2_CLI_SKIP_CONFIG", "1")
+        .env("HOME", home)
+        .env("COLUMNS", "160")
+        .current_dir(home)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run st2");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
