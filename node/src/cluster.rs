@@ -28,6 +28,12 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+#[derive(Default)]
+struct ReadQueue {
+    running: bool,
+    waiters: Vec<oneshot::Sender<Result<(), ApiError>>>,
+}
+
 struct Pending {
     cmd: Command,
     tx: oneshot::Sender<Result<Outcome, ApiError>>,
@@ -36,6 +42,8 @@ struct Pending {
 /// Shared handle to this node's Raft, its state and its peers.
 pub struct Cluster {
     pub id: u64,
+    /// Readers waiting for the next barrier round. A std mutex: held briefly, never across await.
+    reads: std::sync::Mutex<ReadQueue>,
     pub raft: Raft,
     pub view: StateView,
     peers: PeerClient,
@@ -59,7 +67,8 @@ impl Cluster {
         batching: Batching,
     ) -> Arc<Cluster> {
         let (queue, rx) = mpsc::channel(batching.max_ops.max(1) * batching.inflight.max(1) * 4);
-        let cluster = Arc::new(Cluster { id, raft, view, peers, leader_wait, queue });
+        let cluster =
+            Arc::new(Cluster { id, reads: Default::default(), raft, view, peers, leader_wait, queue });
         tokio::spawn(batcher(Arc::downgrade(&cluster), rx, batching));
         cluster
     }
@@ -148,7 +157,41 @@ impl Cluster {
     }
 
     /// Wait until this node's state machine reflects every write acknowledged before the call.
-    pub async fn linearize(&self) -> Result<(), ApiError> {
+    ///
+    /// Concurrent callers share barrier rounds: a caller joins the next round to *start* after it
+    /// arrived (never one already under way, whose read index could predate a write the caller
+    /// saw acknowledged), so under load one quorum round serves many reads.
+    pub async fn linearize(self: &Arc<Self>) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let start_driver = {
+            let mut r = self.reads.lock().expect("read queue lock");
+            r.waiters.push(tx);
+            !std::mem::replace(&mut r.running, true)
+        };
+        if start_driver {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let waiters = {
+                        let mut r = me.reads.lock().expect("read queue lock");
+                        if r.waiters.is_empty() {
+                            r.running = false;
+                            return;
+                        }
+                        std::mem::take(&mut r.waiters)
+                    };
+                    let result = me.barrier_round().await;
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            });
+        }
+        rx.await.map_err(|_| ApiError::Unavailable("This node is shutting down.".into()))?
+    }
+
+    /// One read barrier: leader confirmation or a read index from the leader, then local apply.
+    async fn barrier_round(&self) -> Result<(), ApiError> {
         let deadline = Instant::now() + self.leader_wait;
         let mut hint: Option<(u64, Node)> = None;
         let mut last = String::from("no leader is known");
