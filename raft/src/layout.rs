@@ -9,6 +9,7 @@
 //! | `x` | `x` + expire_at_ms (u64 BE) + kv key | empty: the expiry index |
 //! | `d` | `d` + request id (u128 BE) | bincode `Outcome`: remembered request ids |
 //! | `a` | `a` + proposed_at_ms (u64 BE) + request id | empty: ages out `d` |
+//! | `t` | `t` + table + `0x00` + key | bincode `AuxRecord`: the node's users, token and API-key hashes |
 //! | `m` | `m` + name | bincode metadata (last applied, membership, op counter) |
 //!
 //! Keys of one `(scope, user)` are contiguous and sorted by name, so a prefix listing is a range
@@ -22,6 +23,7 @@ pub const EXPIRY: u8 = b'x';
 pub const DEDUP: u8 = b'd';
 pub const DEDUP_AGE: u8 = b'a';
 pub const META: u8 = b'm';
+pub const AUX: u8 = b't';
 
 pub const META_APPLIED: &[u8] = b"mapplied";
 pub const META_MEMBERSHIP: &[u8] = b"mmembership";
@@ -62,6 +64,27 @@ pub fn decode_kv_key(bytes: &[u8]) -> Option<KeyId> {
         }
         _ => None,
     }
+}
+
+/// The prefix of every auxiliary record of `table` whose key starts with `prefix`.
+pub fn aux_prefix(table: &str, prefix: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + table.len() + prefix.len());
+    k.push(AUX);
+    k.extend_from_slice(table.as_bytes());
+    k.push(0);
+    k.extend_from_slice(prefix.as_bytes());
+    k
+}
+
+/// The key of one auxiliary record, and the inverse (`(table, key)`).
+pub fn aux_key(table: &str, key: &str) -> Vec<u8> {
+    aux_prefix(table, key)
+}
+
+pub fn decode_aux_key(bytes: &[u8]) -> Option<(String, String)> {
+    let rest = bytes.strip_prefix(&[AUX])?;
+    let sep = rest.iter().position(|b| *b == 0)?;
+    Some((String::from_utf8(rest[..sep].to_vec()).ok()?, String::from_utf8(rest[sep + 1..].to_vec()).ok()?))
 }
 
 pub fn expiry_key(expire_at_ms: i64, kv_key: &[u8]) -> Vec<u8> {

@@ -24,7 +24,8 @@
 //!
 //! ## What this crate deliberately does not do
 //! - It knows nothing of users, tokens, plaintext secrets, HTTP JSON shapes or StackStorm: those
-//!   are the node's. A secret arrives here already encrypted.
+//!   are the node's. A secret arrives here already encrypted; users and token hashes arrive as
+//!   opaque auxiliary records (`Command::PutAux`) in tables the node names.
 //! - It does not batch or forward on its own: group commit and leader forwarding are the node's
 //!   policy, built on [`network::propose_local`] and [`network::PeerClient`].
 //! - Snapshots are built in memory (`Cursor<Vec<u8>>`); a state larger than a few GB would need
@@ -40,7 +41,7 @@ pub mod types;
 
 use std::io::Cursor;
 
-pub use types::{Command, KeyId, Node, Op, Outcome, Record, Request, Response, Scope};
+pub use types::{AuxRecord, Command, Cond, KeyId, Node, Op, Outcome, Record, Request, Response, Scope};
 
 pub type NodeId = u64;
 

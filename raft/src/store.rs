@@ -325,6 +325,13 @@ impl<'a> Overlay<'a> {
         })
     }
 
+    fn aux(&self, k: &[u8]) -> Result<Option<AuxRecord>, StoreError> {
+        Ok(match self.get(k)? {
+            Some(v) => Some(decode(&v)?),
+            None => None,
+        })
+    }
+
     fn into_batch(self) -> sled::Batch {
         let mut b = sled::Batch::default();
         for (k, v) in self.writes {
@@ -383,18 +390,66 @@ fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome,
         Command::PurgeExpired { now_ms } => {
             let mut count = 0;
             for xk in ov.keys_in(&[EXPIRY], &expiry_upper_bound(*now_ms))? {
-                let kvk = xk[9..].to_vec();
+                let target = xk[9..].to_vec();
                 ov.del(xk);
-                if let Some(rec) = ov.record(&kvk)? {
-                    if rec.is_expired(*now_ms) {
-                        ov.del(kvk);
-                        count += 1;
-                    }
+                let expired = match target.first() {
+                    Some(&KV) => ov.record(&target)?.is_some_and(|r| r.is_expired(*now_ms)),
+                    Some(&AUX) => ov.aux(&target)?.is_some_and(|r| r.is_expired(*now_ms)),
+                    _ => false,
+                };
+                if expired {
+                    ov.del(target);
+                    count += 1;
                 }
             }
             Outcome::Purged { count }
         }
+        Command::PutAux { table, key, value, expire_at_ms, cond } => {
+            let ak = aux_key(table, key);
+            let old = ov.aux(&ak)?;
+            if let Some(failed) = check_cond(*cond, old.as_ref()) {
+                return Ok(failed);
+            }
+            if let Some(t) = old.as_ref().and_then(|o| o.expire_at_ms) {
+                ov.del(expiry_key(t, &ak));
+            }
+            if let Some(t) = expire_at_ms {
+                ov.put(expiry_key(*t, &ak), Vec::new());
+            }
+            let rec = AuxRecord { value: value.clone(), expire_at_ms: *expire_at_ms, revision: index };
+            ov.put(ak, encode(&rec));
+            Outcome::AuxPut { revision: index, created: old.is_none() }
+        }
+        Command::DeleteAux { table, key, cond } => {
+            let ak = aux_key(table, key);
+            let Some(old) = ov.aux(&ak)? else {
+                return Ok(if *cond == Cond::Always || *cond == Cond::Absent {
+                    Outcome::NotFound
+                } else {
+                    Outcome::CondFailed { current: None }
+                });
+            };
+            if let Some(failed) = check_cond(*cond, Some(&old)) {
+                return Ok(failed);
+            }
+            if let Some(t) = old.expire_at_ms {
+                ov.del(expiry_key(t, &ak));
+            }
+            ov.del(ak);
+            Outcome::AuxDeleted
+        }
     })
+}
+
+/// `Some(CondFailed)` when `cond` does not hold for the record `old`.
+fn check_cond(cond: Cond, old: Option<&AuxRecord>) -> Option<Outcome> {
+    let current = old.map(|o| o.revision);
+    let holds = match cond {
+        Cond::Always => true,
+        Cond::Absent => old.is_none(),
+        Cond::Revision(r) => current == Some(r),
+    };
+    (!holds).then_some(Outcome::CondFailed { current })
 }
 
 fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response, StoreError> {
@@ -659,6 +714,38 @@ impl StateView {
                 continue;
             }
             if let Some(key) = layout::decode_kv_key(&k) {
+                out.push((key, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The live auxiliary record `(table, key)`.
+    pub fn aux_get(&self, table: &str, key: &str, now_ms: i64) -> Result<Option<AuxRecord>, StoreError> {
+        match self.sm.get(aux_key(table, key))? {
+            Some(v) => {
+                let r: AuxRecord = decode(&v)?;
+                Ok((!r.is_expired(now_ms)).then_some(r))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Live auxiliary records of `table` whose key starts with `prefix`, in key order.
+    pub fn aux_list(
+        &self,
+        table: &str,
+        prefix: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(String, AuxRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.sm.scan_prefix(aux_prefix(table, prefix)) {
+            let (k, v) = item?;
+            let r: AuxRecord = decode(&v)?;
+            if r.is_expired(now_ms) {
+                continue;
+            }
+            if let Some((_, key)) = decode_aux_key(&k) {
                 out.push((key, r));
             }
         }

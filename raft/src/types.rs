@@ -98,8 +98,46 @@ pub enum Command {
     },
     /// Remove a key; answers `NotFound` if it does not exist (or has expired at `now_ms`).
     Delete { key: KeyId, now_ms: i64 },
-    /// Remove every key whose expiry is at or before `now_ms`. Proposed periodically by the leader.
+    /// Remove every key (and auxiliary record) whose expiry is at or before `now_ms`. Proposed
+    /// periodically by the leader.
     PurgeExpired { now_ms: i64 },
+    /// Write an opaque auxiliary record (the node keeps users, token and API-key hashes here);
+    /// this crate never looks inside `value`.
+    PutAux {
+        table: String,
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        expire_at_ms: Option<i64>,
+        cond: Cond,
+    },
+    /// Remove an auxiliary record.
+    DeleteAux { table: String, key: String, cond: Cond },
+}
+
+/// A precondition on the current record, checked at apply time (compare-and-set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cond {
+    Always,
+    /// Only if no record exists.
+    Absent,
+    /// Only if the record exists at exactly this revision.
+    Revision(u64),
+}
+
+/// An auxiliary record as stored: opaque bytes with a revision and an optional expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuxRecord {
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    pub expire_at_ms: Option<i64>,
+    pub revision: u64,
+}
+
+impl AuxRecord {
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        matches!(self.expire_at_ms, Some(t) if t <= now_ms)
+    }
 }
 
 /// One command with its optional request id. Ops that carry an id are remembered for a while by
@@ -122,10 +160,28 @@ pub struct Request {
 /// What one op did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Put { record: Record, created: bool },
-    Deleted { record: Record },
+    Put {
+        record: Record,
+        created: bool,
+    },
+    Deleted {
+        record: Record,
+    },
     NotFound,
-    Purged { count: u64 },
+    Purged {
+        count: u64,
+    },
+    /// An auxiliary record was written at `revision`.
+    AuxPut {
+        revision: u64,
+        created: bool,
+    },
+    /// An auxiliary record was removed.
+    AuxDeleted,
+    /// The command's [`Cond`] did not hold; nothing changed. `current` is the record's revision.
+    CondFailed {
+        current: Option<u64>,
+    },
 }
 
 /// The result of applying one entry: one outcome per op, in order (empty for blank and

@@ -598,3 +598,84 @@ async fn listing_pages_are_name_ordered_and_skip_expired_keys() {
     }
     assert_eq!(walked, all);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Auxiliary records (the node's users, token and API-key hashes)
+
+fn put_aux(
+    table: &str,
+    key: &str,
+    value: &[u8],
+    expire_at_ms: Option<i64>,
+    cond: st2kv_raft::Cond,
+) -> Command {
+    Command::PutAux { table: table.into(), key: key.into(), value: value.to_vec(), expire_at_ms, cond }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auxiliary_records_honour_their_conditions_and_tables_never_mix() {
+    use st2kv_raft::Cond;
+    let mut r = Replica::new();
+    assert_eq!(
+        r.run(T0, put_aux("users", "alice", b"v1", None, Cond::Absent)).await,
+        Outcome::AuxPut { revision: 1, created: true }
+    );
+    // A second "create if absent" changes nothing and says why.
+    assert_eq!(
+        r.run(T0, put_aux("users", "alice", b"v2", None, Cond::Absent)).await,
+        Outcome::CondFailed { current: Some(1) }
+    );
+    // Compare-and-set on the revision: a stale revision fails, the current one wins.
+    assert_eq!(
+        r.run(T0, put_aux("users", "alice", b"v3", None, Cond::Revision(7))).await,
+        Outcome::CondFailed { current: Some(1) }
+    );
+    assert_eq!(
+        r.run(T0, put_aux("users", "alice", b"v4", None, Cond::Revision(1))).await,
+        Outcome::AuxPut { revision: 4, created: false }
+    );
+    r.run(T0, put_aux("users", "alice2", b"x", None, Cond::Always)).await;
+    r.run(T0, put_aux("tokens", "alice", b"t", None, Cond::Always)).await;
+    let view = &r.store.view;
+    assert_eq!(view.aux_get("users", "alice", T0).unwrap().unwrap().value, b"v4");
+    let users: Vec<String> = view.aux_list("users", "", T0).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(users, vec!["alice", "alice2"]);
+    let exact: Vec<String> =
+        view.aux_list("users", "alice2", T0).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(exact, vec!["alice2"]);
+    // Aux records are not keys: the key space stays empty.
+    assert!(r.list(Scope::System, "", "", T0).is_empty());
+
+    assert_eq!(
+        r.run(T0, Command::DeleteAux { table: "users".into(), key: "alice".into(), cond: Cond::Revision(1) })
+            .await,
+        Outcome::CondFailed { current: Some(4) }
+    );
+    assert_eq!(
+        r.run(T0, Command::DeleteAux { table: "users".into(), key: "alice".into(), cond: Cond::Always })
+            .await,
+        Outcome::AuxDeleted
+    );
+    assert_eq!(
+        r.run(T0, Command::DeleteAux { table: "users".into(), key: "alice".into(), cond: Cond::Always })
+            .await,
+        Outcome::NotFound
+    );
+    assert!(r.store.view.aux_get("tokens", "alice", T0).unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_auxiliary_records_are_hidden_then_purged() {
+    use st2kv_raft::Cond;
+    let mut r = Replica::new();
+    r.run(T0, put_aux("tokens", "h1", b"t1", Some(T0 + 10), Cond::Always)).await;
+    r.run(T0, put_aux("tokens", "h2", b"t2", Some(T0 + 1_000), Cond::Always)).await;
+    assert!(r.store.view.aux_get("tokens", "h1", T0 + 9).unwrap().is_some());
+    assert!(r.store.view.aux_get("tokens", "h1", T0 + 10).unwrap().is_none(), "hidden once expired");
+    assert!(r.store.view.has_expired(T0 + 10).unwrap());
+    assert_eq!(r.run(T0 + 10, Command::PurgeExpired { now_ms: T0 + 10 }).await, Outcome::Purged { count: 1 });
+    assert!(!r.store.view.has_expired(T0 + 10).unwrap());
+    let left: Vec<String> =
+        r.store.view.aux_list("tokens", "", T0).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(left, vec!["h2"]);
+}
