@@ -47,10 +47,12 @@ pub fn endpoint_url(raw: &str) -> Result<Url, ClientError> {
     if url.host_str().is_none() {
         return Err(ClientError::InvalidUrl(raw.to_string()));
     }
-    if url.port().is_none() {
+    let path = url.path().trim_end_matches('/').to_string();
+    // Like st2client: a bare base URL (`http://host`) means the API port; a URL with a path
+    // (`https://host/api/v1`, behind a proxy) is taken as it is.
+    if url.port().is_none() && path.is_empty() {
         url.set_port(Some(crate::DEFAULT_API_PORT)).map_err(|_| ClientError::InvalidUrl(raw.to_string()))?;
     }
-    let path = url.path().trim_end_matches('/').to_string();
     url.set_path(if path.is_empty() { "/v1/" } else { &path });
     if !url.path().ends_with('/') {
         let p = format!("{}/", url.path());
@@ -145,7 +147,7 @@ impl Client {
     ) -> Result<(StatusCode, bytes_body::Body), ClientError> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
-        let mut last_err = String::new();
+        let mut failures = Vec::new();
         for i in 0..n {
             let idx = (start + i) % n;
             let url =
@@ -168,13 +170,19 @@ impl Client {
                     return Ok((status, bytes_body::Body(bytes.to_vec())));
                 }
                 Err(e) if e.is_connect() => {
-                    last_err = format!("{}: {}", self.endpoints[idx], e);
+                    let mut cause = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        cause = s.to_string();
+                        src = s.source();
+                    }
+                    failures.push(format!("{}: {cause}", self.endpoints[idx]));
                     continue;
                 }
                 Err(e) => return Err(ClientError::Transport(format!("{url}: {e}"))),
             }
         }
-        Err(ClientError::Unreachable(last_err))
+        Err(ClientError::Unreachable(failures.join("; ")))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -297,6 +305,7 @@ mod tests {
         assert_eq!(endpoint_url("http://127.0.0.2").unwrap().as_str(), "http://127.0.0.2:9101/v1/");
         assert_eq!(endpoint_url("127.0.0.1:9111").unwrap().as_str(), "http://127.0.0.1:9111/v1/");
         assert_eq!(endpoint_url("http://h:9101/api/v1/").unwrap().as_str(), "http://h:9101/api/v1/");
+        assert_eq!(endpoint_url("https://h/api/v1").unwrap().as_str(), "https://h/api/v1/");
         assert!(endpoint_url("http://").is_err());
     }
 

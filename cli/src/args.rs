@@ -1,0 +1,347 @@
+//! The command line, as clap types. Flag names, short forms and defaults follow `st2 key ...`
+//! (st2client 3.9.0, `../shared/st2-contract.md` §4.4) so muscle memory and scripts carry over;
+//! the few deliberate differences are listed in the crate documentation.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Where the CLI talks to when neither `--url` nor an environment variable says otherwise
+/// (st2client's default base URL; the API port 9101 and `/v1` are appended by the client).
+pub const DEFAULT_URL: &str = "http://127.0.0.1";
+
+/// The scope `key get`, `key set`, `key delete` and `key delete_by_prefix` use without `-s`
+/// (st2's default).
+pub const DEFAULT_SCOPE: &str = "system";
+
+/// The scope `key list` uses without `-s`: st2 lists system keys and the caller's own user keys.
+pub const DEFAULT_LIST_SCOPE: &str = "all";
+
+/// How many keys `key list` asks for without `-n` (st2's default; `-n -1` asks for all).
+pub const DEFAULT_LIST_LIMIT: i64 = 50;
+
+/// The help heading of the options every command accepts.
+const GLOBAL: &str = "Global options";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "st2kv",
+    version,
+    arg_required_else_help = true,
+    about = "Command-line client for st2kv, a StackStorm-compatible replicated key/value store.",
+    after_help = "Exit status: 0 on success, 1 on any error, 2 when `key delete` finds no such key \
+                  or the command line is invalid."
+)]
+pub struct Cli {
+    /// API endpoint(s) of st2kv nodes, comma-separated; the next one is tried when a node cannot be
+    /// reached. `http://host` means `http://host:9101/v1`. Without it: $ST2_API_URL, then
+    /// $ST2_BASE_URL, then http://127.0.0.1.
+    #[arg(long, global = true, value_name = "URL[,URL...]", help_heading = GLOBAL)]
+    pub url: Option<String>,
+
+    /// Authentication token, sent as X-Auth-Token.
+    #[arg(short = 't', long, global = true, env = "ST2_AUTH_TOKEN", hide_env_values = true, help_heading = GLOBAL)]
+    pub token: Option<String>,
+
+    /// API key, sent as St2-Api-Key.
+    #[arg(long, global = true, env = "ST2_API_KEY", hide_env_values = true, value_name = "KEY", help_heading = GLOBAL)]
+    pub api_key: Option<String>,
+
+    /// Serve reads (get, list) from the contacted node's local state, without a linearizable
+    /// read barrier: faster and available without a leader, but possibly slightly out of date.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub stale: bool,
+
+    /// Print JSON (indent 4, sorted keys, as st2 does).
+    #[arg(short = 'j', long, global = true, conflicts_with = "yaml", help_heading = GLOBAL)]
+    pub json: bool,
+
+    /// Print YAML.
+    #[arg(short = 'y', long, global = true, help_heading = GLOBAL)]
+    pub yaml: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage keys in the datastore (like `st2 key`).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create or replace a key.
+    #[command(after_help = "Without VALUE the value is read from standard input when it is not a \
+                            terminal (one trailing newline is removed), e.g. `cat cert.pem | st2kv key \
+                            set cert`. Values starting with '-' go after `--`: `st2kv key set n -- -5`.")]
+    Set(SetArgs),
+    /// Show one key.
+    Get(GetArgs),
+    /// List keys, in the order the server returns them.
+    List(ListArgs),
+    /// Delete one key.
+    Delete(DeleteArgs),
+    /// Delete every key whose name starts with a prefix (lists, then deletes one by one).
+    #[command(name = "delete_by_prefix", alias = "delete-by-prefix")]
+    DeleteByPrefix(DeleteByPrefixArgs),
+    /// Create or replace keys from a JSON or YAML file, such as the output of `key list -j`.
+    #[command(after_help = "The file (.json, .yaml or .yml) holds a list of items or a single item. \
+                            Each item needs `name` and a string `value`; `scope` (default system), \
+                            `user`, `secret`, `encrypted`, `ttl` and `description` are optional, other \
+                            fields are ignored. Every item is tried; the report never shows values.")]
+    Load(LoadArgs),
+}
+
+/// `-s/--scope` and `-u/--user` of the single-key commands.
+#[derive(Debug, Clone, Args)]
+pub struct ScopeArgs {
+    /// Scope: system, user, st2kv.system or st2kv.user (validated by the server).
+    /// [default: system, or user when --user is given]
+    #[arg(short = 's', long, value_name = "SCOPE")]
+    pub scope: Option<String>,
+
+    /// Owner of a user-scoped key (the server allows only admins to name another user).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+}
+
+impl ScopeArgs {
+    /// The scope to send: `-s` if given; else `user` if `-u` names a user (the server already reads
+    /// `?user=` as user scope, and deleting or writing a *system* key because `-s` was forgotten
+    /// would be a nasty surprise); else `system`.
+    pub fn effective_scope(&self) -> String {
+        match (&self.scope, &self.user) {
+            (Some(s), _) => s.clone(),
+            (None, Some(_)) => "user".to_string(),
+            (None, None) => DEFAULT_SCOPE.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Key name.
+    pub name: String,
+
+    /// Value; read from standard input when omitted and stdin is not a terminal.
+    pub value: Option<String>,
+
+    /// Seconds until the key expires (0 = never).
+    #[arg(short = 'l', long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub ttl: Option<i64>,
+
+    /// Free-text description stored with the key.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+
+    /// Store the value as a secret, encrypted by the server.
+    #[arg(short = 'e', long, conflicts_with = "encrypted")]
+    pub encrypt: bool,
+
+    /// The value is already ciphertext made with the server's crypto key; store it as-is.
+    #[arg(long)]
+    pub encrypted: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Key name.
+    pub name: String,
+
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+
+    /// Show the plaintext of a secret.
+    #[arg(short = 'd', long)]
+    pub decrypt: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only keys whose name starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+
+    /// Scope: all, system, user, st2kv.system or st2kv.user (validated by the server).
+    #[arg(short = 's', long, value_name = "SCOPE", default_value = DEFAULT_LIST_SCOPE)]
+    pub scope: String,
+
+    /// List this user's user-scoped keys (admins only for other users).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Show the plaintext of secrets.
+    #[arg(short = 'd', long)]
+    pub decrypt: bool,
+
+    /// At most this many keys per scope; -1 for all.
+    #[arg(
+        short = 'n',
+        long = "last",
+        visible_alias = "limit",
+        value_name = "N",
+        default_value_t = DEFAULT_LIST_LIMIT,
+        allow_negative_numbers = true
+    )]
+    pub limit: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Key name.
+    pub name: String,
+
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteByPrefixArgs {
+    /// Delete keys whose name starts with this (must not be empty).
+    #[arg(short = 'p', long, value_name = "PREFIX")]
+    pub prefix: String,
+
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// JSON or YAML file (.json, .yaml, .yml).
+    pub file: PathBuf,
+
+    /// Store non-string values as their JSON text instead of refusing them.
+    #[arg(short = 'c', long)]
+    pub convert: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("st2kv").chain(args.iter().copied()))
+    }
+
+    fn key(args: &[&str]) -> KeyCommand {
+        match parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command {
+            Command::Key(k) => k,
+        }
+    }
+
+    #[test]
+    fn single_key_commands_default_to_system_scope() {
+        let KeyCommand::Get(g) = key(&["key", "get", "k"]) else { panic!() };
+        assert_eq!(g.scope.effective_scope(), "system");
+        assert!(!g.decrypt);
+        let KeyCommand::Set(s) = key(&["key", "set", "k", "v"]) else { panic!() };
+        assert_eq!(s.scope.effective_scope(), "system");
+        assert_eq!(s.value.as_deref(), Some("v"));
+        let KeyCommand::Delete(d) = key(&["key", "delete", "k"]) else { panic!() };
+        assert_eq!(d.scope.effective_scope(), "system");
+        let KeyCommand::DeleteByPrefix(p) = key(&["key", "delete_by_prefix", "-p", "a"]) else { panic!() };
+        assert_eq!((p.prefix.as_str(), p.scope.effective_scope().as_str()), ("a", "system"));
+    }
+
+    #[test]
+    fn user_implies_user_scope_unless_scope_is_given() {
+        let KeyCommand::Delete(d) = key(&["key", "delete", "k", "-u", "bob"]) else { panic!() };
+        assert_eq!(d.scope.effective_scope(), "user");
+        assert_eq!(d.scope.user.as_deref(), Some("bob"));
+        let KeyCommand::Set(s) = key(&["key", "set", "-s", "st2kv.system", "-u", "bob", "k", "v"]) else {
+            panic!()
+        };
+        assert_eq!(s.scope.effective_scope(), "st2kv.system");
+        let KeyCommand::Get(g) = key(&["key", "get", "--scope", "user", "k"]) else { panic!() };
+        assert_eq!(g.scope.effective_scope(), "user");
+    }
+
+    #[test]
+    fn list_defaults_to_all_scopes_and_50_keys() {
+        let KeyCommand::List(l) = key(&["key", "list"]) else { panic!() };
+        assert_eq!((l.scope.as_str(), l.limit), ("all", 50));
+        assert_eq!(l.prefix, None);
+    }
+
+    #[test]
+    fn list_accepts_minus_one_for_everything() {
+        for args in [
+            &["key", "list", "-n", "-1"][..],
+            &["key", "list", "--last=-1"],
+            &["key", "list", "--limit", "-1"],
+        ] {
+            let KeyCommand::List(l) = key(args) else { panic!() };
+            assert_eq!(l.limit, -1, "{args:?}");
+        }
+        let KeyCommand::List(l) = key(&["key", "list", "--prefix", "a.", "-n", "3", "-s", "user", "-d"])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (l.prefix.as_deref(), l.limit, l.scope.as_str(), l.decrypt),
+            (Some("a."), 3, "user", true)
+        );
+        assert!(parse(&["key", "list", "-n", "many"]).is_err());
+    }
+
+    #[test]
+    fn encrypt_and_encrypted_are_mutually_exclusive() {
+        let e = parse(&["key", "set", "k", "v", "-e", "--encrypted"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let KeyCommand::Set(s) = key(&["key", "set", "k", "v", "--encrypt"]) else { panic!() };
+        assert!(s.encrypt && !s.encrypted);
+        let KeyCommand::Set(s) = key(&["key", "set", "k", "v", "--encrypted"]) else { panic!() };
+        assert!(!s.encrypt && s.encrypted);
+    }
+
+    #[test]
+    fn set_takes_ttl_description_and_an_optional_value() {
+        let KeyCommand::Set(s) = key(&["key", "set", "k", "--ttl", "60", "--description", "d"]) else {
+            panic!()
+        };
+        assert_eq!((s.value, s.ttl, s.description.as_deref()), (None, Some(60), Some("d")));
+        let KeyCommand::Set(s) = key(&["key", "set", "k", "v", "-l", "5"]) else { panic!() };
+        assert_eq!(s.ttl, Some(5));
+        let KeyCommand::Set(s) = key(&["key", "set", "k", "--", "-5"]) else { panic!() };
+        assert_eq!(s.value.as_deref(), Some("-5"));
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let cli =
+            parse(&["--url", "http://a,http://b", "key", "list", "-j", "--stale", "-t", "tok"]).unwrap();
+        assert_eq!(cli.url.as_deref(), Some("http://a,http://b"));
+        assert!(cli.json && cli.stale && !cli.yaml);
+        assert_eq!(cli.token.as_deref(), Some("tok"));
+        let cli = parse(&["-y", "key", "get", "k", "--api-key", "K"]).unwrap();
+        assert!(cli.yaml && !cli.json);
+        assert_eq!(cli.api_key.as_deref(), Some("K"));
+        assert!(parse(&["key", "get", "k", "-j", "-y"]).is_err());
+    }
+
+    #[test]
+    fn delete_by_prefix_requires_a_prefix_and_has_a_dashed_alias() {
+        assert!(parse(&["key", "delete_by_prefix"]).is_err());
+        assert!(matches!(key(&["key", "delete-by-prefix", "--prefix", "x"]), KeyCommand::DeleteByPrefix(_)));
+    }
+
+    #[test]
+    fn load_takes_a_file_and_convert() {
+        let KeyCommand::Load(l) = key(&["key", "load", "f.yaml", "-c"]) else { panic!() };
+        assert_eq!((l.file, l.convert), (PathBuf::from("f.yaml"), true));
+        let KeyCommand::Load(l) = key(&["key", "load", "f.json"]) else { panic!() };
+        assert!(!l.convert);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,344 @@
+//! Running each `key` command against the cluster through [`st2kv_api::Client`]. Every command
+//! returns an [`Outcome`] (what to print, and the exit code); nothing here prints or exits, so
+//! `run` in the crate root is the one place that talks to the terminal.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
+
+use serde_json::Value;
+use st2kv_api::{Client, ClientError, DeleteOptions, GetOptions, KeyValuePairRequest, ListOptions};
+
+use crate::args::{DeleteArgs, DeleteByPrefixArgs, GetArgs, KeyCommand, ListArgs, LoadArgs, SetArgs};
+use crate::load;
+use crate::output::{self, Format};
+
+/// Exit code of every failure but the one below.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code of `key delete` when there is no such key (st2's).
+pub const EXIT_NOT_FOUND: i32 = 2;
+/// Exit code of an invalid command line (as argparse and clap use).
+pub const EXIT_USAGE: i32 = 2;
+
+/// How a command ended: text for stdout, at most one error line for stderr, and the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    /// Printed as `ERROR: <message>` on stderr.
+    pub error: Option<String>,
+    pub code: i32,
+}
+
+impl Outcome {
+    pub fn ok(stdout: impl Into<String>) -> Outcome {
+        Outcome { stdout: stdout.into(), error: None, code: 0 }
+    }
+
+    pub fn fail(message: impl Into<String>) -> Outcome {
+        Outcome { stdout: String::new(), error: Some(message.into()), code: EXIT_FAILURE }
+    }
+}
+
+/// What the command needs besides its own arguments.
+pub struct Context<'a> {
+    pub client: &'a Client,
+    pub format: Format,
+    /// `--stale`: reads may be served from a node's local state.
+    pub stale: bool,
+}
+
+impl Context<'_> {
+    /// A client error as the one line the user sees: `<status>: <faultstring>` for an answer from
+    /// the server, the endpoints tried when none could be reached.
+    pub fn describe(&self, e: &ClientError) -> String {
+        match e {
+            ClientError::Unreachable(last) => {
+                let tried: Vec<_> = self.client.endpoints().iter().map(|u| u.as_str()).collect();
+                let mut msg = format!("no st2kv node reachable (tried {})", tried.join(", "));
+                // The client reports `<endpoint>: <error>`; reqwest's generic "error sending
+                // request for url (...)" says nothing the list above does not.
+                let detail = last.split_once(": ").map_or(last.as_str(), |(_, d)| d);
+                if !detail.is_empty() && !detail.starts_with("error sending request") {
+                    msg.push_str(&format!("; last error: {detail}"));
+                }
+                msg
+            }
+            ClientError::Api { status, message } if message.trim().is_empty() => {
+                format!("{status}: {}", reason(*status))
+            }
+            // A long message is not a faultstring but some proxy's HTML page: keep its start.
+            ClientError::Api { status, message } if message.chars().count() > MAX_MESSAGE_CHARS => {
+                let start: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+                format!("{status}: {start}…")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// How much of an error body to show (StackStorm's faultstrings are far shorter).
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// A status's reason phrase, for error answers without a body (from a proxy, say).
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "(no message)",
+    }
+}
+
+/// How the server will spell a scope (`system` → `st2kv.system`; `all` and anything containing
+/// `st2kv` unchanged), so the `key load` report reads the same for loaded and failed items.
+pub fn full_scope(scope: &str) -> String {
+    if scope == "all" || scope.contains("st2kv") {
+        scope.to_string()
+    } else {
+        format!("st2kv.{scope}")
+    }
+}
+
+pub async fn run(cmd: KeyCommand, cx: &Context<'_>) -> Outcome {
+    match cmd {
+        KeyCommand::Set(a) => set(a, cx).await,
+        KeyCommand::Get(a) => get(a, cx).await,
+        KeyCommand::List(a) => list(a, cx).await,
+        KeyCommand::Delete(a) => delete(a, cx).await,
+        KeyCommand::DeleteByPrefix(a) => delete_by_prefix(a, cx).await,
+        KeyCommand::Load(a) => load_file(a, cx).await,
+    }
+}
+
+/// st2's message for a key that does not exist.
+fn not_found(name: &str) -> String {
+    format!("Key Value Pair \"{name}\" is not found.")
+}
+
+async fn set(a: SetArgs, cx: &Context<'_>) -> Outcome {
+    let value = match a.value {
+        Some(v) => v,
+        None => match value_from_stdin() {
+            Ok(v) => v,
+            Err(e) => return Outcome::fail(e),
+        },
+    };
+    let req = KeyValuePairRequest {
+        scope: Some(a.scope.effective_scope()),
+        user: a.scope.user,
+        secret: a.encrypt.then_some(true),
+        encrypted: a.encrypted.then_some(true),
+        // Like st2, send only a meaningful TTL: 0 means "never expires" anyway.
+        ttl: a.ttl.filter(|t| *t != 0),
+        description: a.description.filter(|d| !d.is_empty()),
+        ..KeyValuePairRequest::new(a.name, value)
+    };
+    match cx.client.keys().set(&req).await {
+        Ok(kv) => Outcome::ok(output::render_key(&kv, output::SET_ATTRS, &["description"], cx.format)),
+        Err(e) => Outcome::fail(cx.describe(&e)),
+    }
+}
+
+/// The value of `key set NAME` without VALUE: all of stdin, unless stdin is a terminal (there is
+/// no prompt: a script would hang on it) or empty (almost certainly a mistake, such as stdin
+/// being /dev/null; pass `""` to store an empty value).
+fn value_from_stdin() -> Result<String, String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err("no VALUE given: pass it as an argument or pipe it on standard input".into());
+    }
+    let mut buf = Vec::new();
+    stdin
+        .lock()
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read the value from standard input: {e}"))?;
+    if buf.is_empty() {
+        return Err("no VALUE given and standard input is empty".into());
+    }
+    let text =
+        String::from_utf8(buf).map_err(|_| "the value on standard input is not valid UTF-8".to_string())?;
+    Ok(strip_one_newline(text))
+}
+
+/// `echo secret | st2kv key set k` stores `secret`, not `secret\n`; only one line ending goes.
+pub fn strip_one_newline(mut s: String) -> String {
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    s
+}
+
+async fn get(a: GetArgs, cx: &Context<'_>) -> Outcome {
+    let opts = GetOptions {
+        scope: Some(a.scope.effective_scope()),
+        user: a.scope.user,
+        decrypt: a.decrypt,
+        stale: cx.stale,
+    };
+    match cx.client.keys().get(&a.name, &opts).await {
+        Ok(kv) => Outcome::ok(output::render_key(&kv, output::GET_ATTRS, &["description"], cx.format)),
+        // st2 prints the notice on stdout and an error line on stderr, and exits 1.
+        Err(e) if e.is_not_found() => {
+            Outcome { stdout: not_found(&a.name), error: Some(cx.describe(&e)), code: EXIT_FAILURE }
+        }
+        Err(e) => Outcome::fail(cx.describe(&e)),
+    }
+}
+
+async fn list(a: ListArgs, cx: &Context<'_>) -> Outcome {
+    let opts = ListOptions {
+        prefix: a.prefix,
+        scope: Some(a.scope),
+        user: a.user,
+        decrypt: a.decrypt,
+        limit: Some(a.limit),
+        offset: None,
+        stale: cx.stale,
+    };
+    match cx.client.keys().list(&opts).await {
+        // Server order, deliberately not reversed as st2 does (see the crate documentation).
+        Ok(kvs) => Outcome::ok(output::render_keys(&kvs, output::LIST_ATTRS, cx.format)),
+        Err(e) => Outcome::fail(cx.describe(&e)),
+    }
+}
+
+async fn delete(a: DeleteArgs, cx: &Context<'_>) -> Outcome {
+    let opts = DeleteOptions { scope: Some(a.scope.effective_scope()), user: a.scope.user };
+    match cx.client.keys().delete(&a.name, &opts).await {
+        Ok(()) => Outcome::ok(format!("Resource with id \"{}\" has been successfully deleted.", a.name)),
+        Err(e) if e.is_not_found() => {
+            Outcome { stdout: not_found(&a.name), error: None, code: EXIT_NOT_FOUND }
+        }
+        Err(e) => Outcome::fail(cx.describe(&e)),
+    }
+}
+
+async fn delete_by_prefix(a: DeleteByPrefixArgs, cx: &Context<'_>) -> Outcome {
+    if a.prefix.is_empty() {
+        return Outcome::fail("refusing to delete by an empty prefix, which would delete every key");
+    }
+    let scope = a.scope.effective_scope();
+    let opts = ListOptions {
+        prefix: Some(a.prefix.clone()),
+        scope: Some(scope.clone()),
+        user: a.scope.user.clone(),
+        limit: Some(-1),
+        // Deletion decisions are made on up-to-date data, whatever --stale says.
+        stale: false,
+        ..Default::default()
+    };
+    let kvs = match cx.client.keys().list(&opts).await {
+        Ok(kvs) => kvs,
+        Err(e) => return Outcome::fail(cx.describe(&e)),
+    };
+    let mut deleted = Vec::new();
+    let mut error = None;
+    // The prefix is checked here too: a server that ignores it (StackStorm with RBAC, st2 issue
+    // #6335) must not make this delete unrelated keys.
+    for kv in kvs.iter().filter(|kv| kv.name.starts_with(&a.prefix)) {
+        let opts =
+            DeleteOptions { scope: kv.scope.clone().or_else(|| Some(scope.clone())), user: kv.user.clone() };
+        match cx.client.keys().delete(&kv.name, &opts).await {
+            Ok(()) => deleted.push(kv.name.as_str()),
+            // Deleted by someone else meanwhile: it is gone, which is what was asked.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                error = Some(format!("failed to delete \"{}\": {}", kv.name, cx.describe(&e)));
+                break;
+            }
+        }
+    }
+    let stdout = format!("Deleted {} keys\nDeleted key ids: {}", deleted.len(), deleted.join(", "));
+    match error {
+        None => Outcome::ok(stdout),
+        Some(e) => Outcome { stdout, error: Some(e), code: EXIT_FAILURE },
+    }
+}
+
+/// Columns of the `key load` report. There is deliberately no value column (st2 issue #5924).
+const LOAD_COLUMNS: &[&str] = &["name", "scope", "user", "status"];
+
+async fn load_file(a: LoadArgs, cx: &Context<'_>) -> Outcome {
+    let raw = match load::read_items(&a.file) {
+        Ok(raw) => raw,
+        Err(e) => return Outcome::fail(e),
+    };
+    if raw.is_empty() && cx.format == Format::Table {
+        return Outcome::ok(format!("No items found in {}", a.file.display()));
+    }
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    let mut unreachable: Option<String> = None;
+    for (i, v) in raw.iter().enumerate() {
+        let item = load::to_item(v, i, a.convert);
+        let (mut scope, mut user) = (full_scope(&item.scope), item.user.clone());
+        let status = match (&item.request, &unreachable) {
+            (Err(msg), _) => Err(msg.clone()),
+            // One unreachable cluster is enough to know: do not wait for it once per item.
+            (Ok(_), Some(_)) => Err("not attempted: no st2kv node reachable".to_string()),
+            (Ok(req), None) => match cx.client.keys().set(req).await {
+                Ok(kv) => {
+                    scope = kv.scope.unwrap_or(scope);
+                    user = kv.user.or(user);
+                    Ok(())
+                }
+                Err(e) => {
+                    if matches!(e, ClientError::Unreachable(_)) {
+                        unreachable = Some(cx.describe(&e));
+                    }
+                    Err(cx.describe(&e))
+                }
+            },
+        };
+        failed += usize::from(status.is_err());
+        let mut row: BTreeMap<&'static str, Value> = BTreeMap::new();
+        row.insert("name", Value::String(item.label));
+        row.insert("scope", Value::String(scope));
+        if let Some(u) = user {
+            row.insert("user", Value::String(u));
+        }
+        row.insert("status", Value::String(status.err().unwrap_or_else(|| "loaded".to_string())));
+        rows.push(row);
+    }
+    let stdout = output::render_rows(&rows, LOAD_COLUMNS, cx.format);
+    match (unreachable, failed) {
+        (Some(e), _) => Outcome { stdout, error: Some(e), code: EXIT_FAILURE },
+        (None, 0) => Outcome::ok(stdout),
+        (None, n) => Outcome {
+            stdout,
+            error: Some(format!("{n} of {} items failed to load", rows.len())),
+            code: EXIT_FAILURE,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_reported_as_the_server_spells_them() {
+        assert_eq!(full_scope("system"), "st2kv.system");
+        assert_eq!(full_scope("st2kv.user"), "st2kv.user");
+        assert_eq!(full_scope("all"), "all");
+    }
+
+    #[test]
+    fn one_trailing_line_ending_is_stripped_from_stdin_values() {
+        assert_eq!(strip_one_newline("v\n".into()), "v");
+        assert_eq!(strip_one_newline("v\r\n".into()), "v");
+        assert_eq!(strip_one_newline("a\nb\n\n".into()), "a\nb\n");
+        assert_eq!(strip_one_newline("v".into()), "v");
+    }
+}
