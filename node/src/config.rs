@@ -105,6 +105,39 @@ pub struct Config {
     #[arg(long, env = "ST2KV_TTL_SWEEP_MS", default_value_t = 1_000)]
     pub ttl_sweep_ms: u64,
 
+    /// Run without authentication, as StackStorm with auth disabled: every request is the admin
+    /// `stanley`. For development only; the node logs a warning at start.
+    #[arg(long, env = "ST2KV_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Name of the admin user a new cluster is created with.
+    #[arg(long, env = "ST2KV_ADMIN_USER", default_value = "st2admin")]
+    pub admin_user: String,
+
+    /// Password of the bootstrap admin (prefer --admin-password-file).
+    #[arg(long, env = "ST2KV_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// A file whose first line is the bootstrap admin's password.
+    #[arg(long, env = "ST2KV_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
+
+    /// Lifetime of a token when the login asks for none, in seconds (StackStorm: 24 h).
+    #[arg(long, env = "ST2KV_TOKEN_TTL", default_value_t = 86_400)]
+    pub token_ttl: i64,
+
+    /// Longest token lifetime a login may ask for, in seconds.
+    #[arg(long, env = "ST2KV_TOKEN_MAX_TTL", default_value_t = 86_400)]
+    pub token_max_ttl: i64,
+
+    /// Failed logins for one user, per node, before further attempts answer 429.
+    #[arg(long, env = "ST2KV_LOGIN_BURST", default_value_t = 5)]
+    pub login_burst: usize,
+
+    /// The window the login burst is counted over, in seconds.
+    #[arg(long, env = "ST2KV_LOGIN_WINDOW_SECS", default_value_t = 60)]
+    pub login_window_secs: u64,
+
     /// Log format: `plain` or `json`.
     #[arg(long, env = "ST2KV_LOG_FORMAT", default_value = "plain")]
     pub log_format: String,
@@ -131,6 +164,23 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("cannot read cluster secret file {}: {e}", p.display()))?;
                 let line = text.lines().next().unwrap_or("").trim().to_string();
                 anyhow::ensure!(!line.is_empty(), "cluster secret file {} is empty", p.display());
+                Ok(Some(line))
+            }
+        }
+    }
+
+    /// The bootstrap admin's password from the flag or the file, if any.
+    pub fn admin_password(&self) -> anyhow::Result<Option<String>> {
+        if let Some(p) = &self.admin_password {
+            return Ok(Some(p.clone()));
+        }
+        match &self.admin_password_file {
+            None => Ok(None),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read admin password file {}: {e}", p.display()))?;
+                let line = text.lines().next().unwrap_or("").trim_end().to_string();
+                anyhow::ensure!(!line.is_empty(), "admin password file {} is empty", p.display());
                 Ok(Some(line))
             }
         }

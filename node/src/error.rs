@@ -20,6 +20,11 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// Slow down: too many failed logins for one user.
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
+    Conflict(String),
     /// Retry shortly: no leader is known or reachable, or the quorum is lost.
     #[error("{0}")]
     Unavailable(String),
@@ -39,6 +44,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,6 +13,7 @@ use serde_json::Value;
 use st2kv_api::KeyValuePair;
 use st2kv_raft::{Command, KeyId, Outcome, Record, Scope};
 
+use crate::auth::{authenticate, Requester};
 use crate::cluster::now_ms;
 use crate::error::ApiError;
 use crate::App;
@@ -21,22 +22,6 @@ const ALLOWED_SCOPES: &str = "['system', 'user', 'st2kv.system', 'st2kv.user']";
 /// StackStorm's `api.max_page_size`: the largest `limit` a non-admin may ask for.
 const MAX_PAGE_SIZE: i64 = 100;
 const DEFAULT_LIMIT: i64 = 100;
-
-/// Who is asking. Until authentication lands every request is StackStorm's system user, as
-/// StackStorm behaves with auth disabled.
-#[derive(Debug, Clone)]
-pub struct Requester {
-    pub user: String,
-    pub admin: bool,
-    /// Whether role-based access applies (StackStorm with RBAC enabled).
-    pub rbac: bool,
-}
-
-impl Requester {
-    pub fn system() -> Self {
-        Requester { user: "stanley".into(), admin: true, rbac: false }
-    }
-}
 
 /// Query parameters with StackStorm's typing rules.
 pub struct Params(HashMap<String, String>);
@@ -150,6 +135,18 @@ fn owner(req: &Requester, asked: Option<&str>) -> Result<String, ApiError> {
     }
 }
 
+/// System keys are readable by everyone but changed by admins only; a user-scope key has already
+/// been confined to its owner (or an admin naming the owner) by [`owner`].
+fn may_change(req: &Requester, key: &KeyId, verb: &str) -> Result<(), ApiError> {
+    if key.scope == Scope::System && req.rbac && !req.admin {
+        return Err(ApiError::Forbidden(format!(
+            "User \"{}\" doesn't have required permission \"key_value_pair_{verb}\" on resource \"key_value_pair:st2kv.system:{}\"",
+            req.user, key.name
+        )));
+    }
+    Ok(())
+}
+
 fn not_found(key: &KeyId) -> ApiError {
     ApiError::NotFound(format!("The key \"{}\" does not exist in the StackStorm datastore.", key.key_ref()))
 }
@@ -198,14 +195,6 @@ fn check_name(app: &App, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn barrier(app: &App, params: &Params, headers: &HeaderMap) -> Result<(), ApiError> {
-    if params.stale(headers)? {
-        Ok(())
-    } else {
-        app.cluster.linearize().await
-    }
-}
-
 fn with_applied_header(app: &App, mut resp: Response) -> Response {
     if let Ok(Some(applied)) = app.cluster.view.applied() {
         if let Ok(v) = HeaderValue::from_str(&applied.index.to_string()) {
@@ -221,8 +210,8 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let req = Requester::system();
     let p = Params(q);
+    let req = authenticate(&app, &headers, &p.0, !p.stale(&headers)?).await?;
     let mut scope = list_scope(p.str("scope"))?;
     let decrypt = p.bool("decrypt")?;
     let limit = p.int("limit")?.unwrap_or(DEFAULT_LIMIT);
@@ -259,7 +248,6 @@ pub async fn list(
         )));
     }
     let prefix = p.str("prefix").unwrap_or("");
-    barrier(&app, &p, &headers).await?;
     let now = now_ms();
     let view = &app.cluster.view;
     let mut items = Vec::new();
@@ -290,8 +278,8 @@ pub async fn get(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let req = Requester::system();
     let p = Params(q);
+    let req = authenticate(&app, &headers, &p.0, !p.stale(&headers)?).await?;
     let mut scope = one_scope(p.str("scope"), true)?;
     let _decrypt = p.bool("decrypt")?;
     if p.str("user").is_some() {
@@ -299,7 +287,6 @@ pub async fn get(
     }
     let user = owner(&req, p.str("user"))?;
     let key = KeyId { scope, user: if scope == Scope::User { user } else { String::new() }, name };
-    barrier(&app, &p, &headers).await?;
     match app.cluster.view.get(&key, now_ms())? {
         Some(r) => Ok(with_applied_header(&app, Json(render(&key, &r)).into_response())),
         None => Err(not_found(&key)),
@@ -353,9 +340,11 @@ fn field_bool(obj: &serde_json::Map<String, Value>, name: &str) -> Result<bool, 
 pub async fn put(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req = Requester::system();
+    let req = authenticate(&app, &headers, &q, app.auth.enabled).await?;
     // The body limit leaves room for JSON escaping of a maximal value; the value itself is
     // checked against the configured limit below, with a clearer message.
     let limit = app.limits.max_value_bytes.saturating_mul(6).saturating_add(64 * 1024);
@@ -409,6 +398,7 @@ pub async fn put(
         )));
     }
     let key = KeyId { scope, user: if scope == Scope::User { user } else { String::new() }, name };
+    may_change(&req, &key, "set")?;
     let now = now_ms();
     let expire_at_ms = (ttl > 0).then(|| now.saturating_add(ttl.saturating_mul(1000)));
     let cmd = Command::Put {
@@ -431,12 +421,14 @@ pub async fn delete(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let req = Requester::system();
+    let req = authenticate(&app, &headers, &q, app.auth.enabled).await?;
     let p = Params(q);
     let scope = one_scope(p.str("scope"), true)?;
     let user = owner(&req, p.str("user"))?;
     let key = KeyId { scope, user: if scope == Scope::User { user } else { String::new() }, name };
+    may_change(&req, &key, "delete")?;
     match app.cluster.propose(Command::Delete { key: key.clone(), now_ms: now_ms() }).await? {
         Outcome::Deleted { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
         Outcome::NotFound => Err(not_found(&key)),

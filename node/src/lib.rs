@@ -3,9 +3,8 @@
 //! A node is three HTTP listeners in front of one Raft member:
 //! - the **API** listener (default `:9101`, StackStorm's API port) serves the keys API under
 //!   `/v1`, `/api/v1` and `/`, exactly as StackStorm shapes it, plus `/v1/cluster/status`;
-//! - the **auth** listener (default `:9100`, StackStorm's auth port) is where tokens will be
-//!   issued once authentication lands; today every request acts as StackStorm's system user
-//!   `stanley`, as StackStorm does with auth disabled;
+//! - the **auth** listener (default `:9100`, StackStorm's auth port) issues tokens for HTTP Basic
+//!   logins (`POST /tokens`), so the real `st2 login` works with nothing but a base URL;
 //! - the **peer** listener (default `:9300`) carries Raft RPCs and writes forwarded by followers,
 //!   and nothing else. It is never reachable through the API port.
 //!
@@ -19,13 +18,18 @@
 //! the same way. On shutdown a node stops accepting, answers what is in flight, stops Raft and
 //! syncs its storage.
 //!
+//! Every request is authenticated ([`auth`]) unless the node runs with `--insecure-no-auth`:
+//! users, token hashes and API-key hashes are replicated, access follows StackStorm with RBAC
+//! enabled (system keys readable by all, changed by admins; user keys private to their owner).
+//!
 //! ## What this crate deliberately does not do (yet)
-//! - Authentication, users, tokens and API keys; the user scope is the system user's own.
 //! - Encryption: a secret write is refused with StackStorm's "Crypto key not found" message.
 //! - Membership changes after formation, metrics, backup and restore.
 //!
 //! Storage and consensus live in `st2kv-raft`; this crate holds no storage logic.
 
+pub mod accounts;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -60,6 +64,9 @@ pub struct Limits {
 pub struct App {
     pub cluster: Arc<cluster::Cluster>,
     pub limits: Limits,
+    pub auth: auth::AuthConfig,
+    /// `host:port` of this node's API, as clients should see it.
+    pub api_advertise: String,
 }
 
 /// Route table of the keys API, mounted under several prefixes.
@@ -72,7 +79,38 @@ fn key_routes() -> Router<Arc<App>> {
         .route("/keys/{name}/", g(keys::get).put(keys::put).delete(keys::delete))
         .route("/cluster/status", get(status))
         .route("/health/live", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health/ready", get(ready))
+        .route("/user", get(accounts::whoami))
+        .route("/apikeys", g(accounts::list_apikeys).post(accounts::create_apikey))
+        .route("/apikeys/", g(accounts::list_apikeys).post(accounts::create_apikey))
+        .route(
+            "/apikeys/{id}",
+            g(accounts::get_apikey).put(accounts::update_apikey).delete(accounts::delete_apikey),
+        )
+        .route("/users", g(accounts::list_users).post(accounts::create_user))
+        .route("/users/", g(accounts::list_users).post(accounts::create_user))
+        .route(
+            "/users/{name}",
+            g(accounts::get_user).put(accounts::update_user).delete(accounts::delete_user),
+        )
+        .route("/tokens/{token}", axum::routing::delete(accounts::revoke_token))
         .route("/", p(keys::put_without_name))
+}
+
+/// The token routes, on the auth listener at `/` and `/v1`, and on the API at `/auth/v1`.
+fn token_routes() -> Router<Arc<App>> {
+    use axum::routing::{delete, post};
+    Router::new()
+        .route("/tokens", post(accounts::create_token))
+        .route("/tokens/", post(accounts::create_token))
+        .route("/tokens/{token}", delete(accounts::revoke_token))
+}
+
+/// `GET /v1/health/ready`: 200 once this node knows a leader and has applied everything the
+/// leader had committed when asked; 503 otherwise. Needs no credentials.
+async fn ready(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    app.cluster.linearize().await?;
+    Ok(Json(json!({"status": "ready", "leader": app.cluster.leader().map(|(id, _)| id)})))
 }
 
 async fn not_found() -> ApiError {
@@ -92,14 +130,20 @@ pub fn api_router(app: Arc<App>) -> Router {
         .nest("/v1", key_routes())
         .nest("/api/v1", key_routes())
         .merge(key_routes())
+        .nest("/auth/v1", token_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app)
 }
 
-fn auth_router() -> Router {
-    Router::new().fallback(not_found).method_not_allowed_fallback(method_not_allowed)
+fn auth_router(app: Arc<App>) -> Router {
+    Router::new()
+        .merge(token_routes())
+        .nest("/v1", token_routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
 }
 
 /// `GET /v1/cluster/status`: this node's view of the cluster. `?hash=true` adds a digest of the
@@ -107,7 +151,10 @@ fn auth_router() -> Router {
 async fn status(
     State(app): State<Arc<App>>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let req = auth::authenticate(&app, &headers, &q, false).await?;
+    req.require_admin("read the cluster status")?;
     let m = app.cluster.raft.metrics().borrow().clone();
     let view = &app.cluster.view;
     let members: Vec<_> = m
@@ -180,7 +227,17 @@ fn serve(
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let members = config.initial_members()?;
     let secret = config.cluster_secret()?;
+    let admin_password = config.admin_password()?;
     anyhow::ensure!(config.node_id != 0, "--id must be at least 1");
+    if config.insecure_no_auth {
+        tracing::warn!("authentication is DISABLED (--insecure-no-auth): every request acts as the admin `stanley`, and peers are not authenticated unless a cluster secret is set");
+    } else if members.len() > 1 && secret.is_none() {
+        anyhow::bail!(
+            "a multi-node cluster needs a cluster secret so that only its members can use the peer port: \
+             set --cluster-secret-file (or ST2KV_CLUSTER_SECRET) to the same value on every node, \
+             or pass --insecure-no-auth for a development cluster"
+        );
+    }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
     let store = st2kv_raft::store::open(&config.data_dir, !config.no_fsync)
@@ -220,15 +277,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
             max_value_bytes: config.max_value_bytes,
             crypto_key_path: "the node's configuration (no --crypto-key-path given)".into(),
         },
+        auth: auth::AuthConfig {
+            enabled: !config.insecure_no_auth,
+            token_ttl_s: config.token_ttl,
+            token_max_ttl_s: config.token_max_ttl,
+            limiter: auth::LoginLimiter::new(
+                config.login_burst,
+                Duration::from_secs(config.login_window_secs),
+            ),
+            dummy_hash: auth::hash_password(hex::encode(rand::random::<[u8; 16]>())).await?,
+        },
+        api_advertise: config.api_advertise(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
     let peer_srv = serve(peer_l, peer_router(raft.clone(), secret), peer_stop_rx);
-    let api_srv = serve(api_l, api_router(app), stop_rx.clone());
-    let auth_srv = serve(auth_l, auth_router(), stop_rx);
+    let api_srv = serve(api_l, api_router(app.clone()), stop_rx.clone());
+    let auth_srv = serve(auth_l, auth_router(app.clone()), stop_rx);
 
     bootstrap(&raft, &config, &members).await?;
+    // Any node that was given admin credentials makes sure the admin exists (create-if-absent,
+    // so a password changed later through the API is never overwritten).
+    let admin_task = match (&admin_password, config.insecure_no_auth) {
+        (Some(pw), false) => {
+            let (app, user, pw) = (app.clone(), config.admin_user.clone(), pw.clone());
+            Some(tokio::spawn(async move {
+                while let Err(e) = accounts::ensure_admin(&app, &user, &pw).await {
+                    tracing::debug!(error = %e, "admin bootstrap will be retried");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }))
+        }
+        _ => None,
+    };
     let sweeper =
         tokio::spawn(cluster::ttl_sweeper(cluster.clone(), Duration::from_millis(config.ttl_sweep_ms)));
     tracing::info!(
@@ -251,6 +333,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         }
     }
     sweeper.abort();
+    if let Some(t) = admin_task {
+        t.abort();
+    }
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

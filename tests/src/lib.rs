@@ -63,14 +63,26 @@ impl TestNode {
 pub struct ClusterOptions {
     /// Extra flags for every node, e.g. `--snapshot-every 100`.
     pub node_args: Vec<String>,
+    /// Run without authentication (`--insecure-no-auth`) instead of the secure default.
+    pub insecure: bool,
 }
+
+/// The bootstrap admin every secure test cluster is created with.
+pub const ADMIN_USER: &str = "st2admin";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 
 /// A cluster of node processes that are killed when it is dropped.
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     initial: String,
-    _dir: tempfile::TempDir,
+    secure: bool,
+    dir: tempfile::TempDir,
+    /// Authenticated as the admin (a default `X-Auth-Token` header), once the cluster is up.
     http: reqwest::Client,
+    /// Without credentials.
+    anon: reqwest::Client,
+    /// The admin's token (empty on an insecure cluster).
+    pub admin_token: String,
 }
 
 impl TestCluster {
@@ -99,17 +111,100 @@ impl TestCluster {
             });
         }
         let initial = nodes.iter().map(|n| format!("{}={}", n.id, n.peer)).collect::<Vec<_>>().join(",");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
-        let mut c = TestCluster { nodes, initial, _dir: dir, http };
+        if !opts.insecure {
+            std::fs::write(dir.path().join("admin-password"), format!("{ADMIN_PASSWORD}\n")).unwrap();
+            std::fs::write(dir.path().join("cluster-secret"), format!("{:032x}\n", rand::random::<u128>()))
+                .unwrap();
+        }
+        let anon = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+        let mut c = TestCluster {
+            nodes,
+            initial,
+            secure: !opts.insecure,
+            dir,
+            http: anon.clone(),
+            anon,
+            admin_token: String::new(),
+        };
         for i in 1..=n {
             c.spawn(i);
+        }
+        if c.secure {
+            // The admin exists once a leader has applied the bootstrap: log in until it works.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            c.admin_token = loop {
+                match c.login(1, ADMIN_USER, ADMIN_PASSWORD, None).await {
+                    Ok(t) => break t,
+                    Err(e) if Instant::now() > deadline => {
+                        panic!("admin login never worked: {e}\n{}", c.log(1))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert("x-auth-token", c.admin_token.parse().unwrap());
+            c.http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .default_headers(headers)
+                .build()
+                .unwrap();
         }
         c.wait_for_leader(Duration::from_secs(20)).await;
         c
     }
 
+    /// Log in on node `i`'s auth listener with HTTP Basic; the token, or the status and body.
+    pub async fn login(
+        &self,
+        i: usize,
+        user: &str,
+        password: &str,
+        ttl: Option<i64>,
+    ) -> Result<String, String> {
+        let body = match ttl {
+            Some(t) => serde_json::json!({ "ttl": t }),
+            None => serde_json::json!({}),
+        };
+        let resp = self
+            .anon
+            .post(format!("http://{}/tokens", self.node(i).auth))
+            .basic_auth(user, Some(password))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+        if status == 201 {
+            Ok(body["token"].as_str().unwrap_or_default().to_string())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    }
+
+    /// A client without credentials.
+    pub fn anon(&self) -> &reqwest::Client {
+        &self.anon
+    }
+
+    /// A Rust client for node `i` authenticated with `token`.
+    pub fn client_as(&self, i: usize, token: &str) -> st2kv_api::Client {
+        st2kv_api::Client::new(&[self.url(i)]).unwrap().with_token(Some(token.to_string()))
+    }
+
     fn spawn(&mut self, i: usize) {
         let initial = self.initial.clone();
+        let secure = self.secure;
+        let secret_args: Vec<String> = if secure {
+            vec![
+                "--admin-password-file".into(),
+                self.dir.path().join("admin-password").display().to_string(),
+                "--cluster-secret-file".into(),
+                self.dir.path().join("cluster-secret").display().to_string(),
+            ]
+        } else {
+            vec!["--insecure-no-auth".into()]
+        };
         let node = &mut self.nodes[i - 1];
         assert!(node.child.is_none(), "node {i} is already running");
         std::fs::create_dir_all(&node.data_dir).unwrap();
@@ -126,6 +221,7 @@ impl TestCluster {
             .args(["--auth-bind", &node.auth.to_string()])
             .args(["--peer-bind", &node.peer.to_string()])
             .args(["--initial-cluster", &initial])
+            .args(&secret_args)
             .args(&node.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -151,13 +247,17 @@ impl TestCluster {
 
     /// A Rust client talking to node `i` only.
     pub fn client(&self, i: usize) -> st2kv_api::Client {
-        st2kv_api::Client::new(&[self.url(i)]).unwrap()
+        st2kv_api::Client::new(&[self.url(i)]).unwrap().with_token(self.token())
+    }
+
+    fn token(&self) -> Option<String> {
+        (!self.admin_token.is_empty()).then(|| self.admin_token.clone())
     }
 
     /// A Rust client that knows every node and fails over between them.
     pub fn client_all(&self) -> st2kv_api::Client {
         let urls: Vec<String> = self.nodes.iter().map(|n| n.url()).collect();
-        st2kv_api::Client::new(&urls).unwrap()
+        st2kv_api::Client::new(&urls).unwrap().with_token(self.token())
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -347,8 +447,28 @@ pub struct CliOutput {
 
 /// Run the real `st2` CLI against node `i` of `cluster`, with a private HOME.
 pub fn st2(cli: &Path, cluster: &TestCluster, i: usize, home: &Path, args: &[&str]) -> CliOutput {
+    st2_env(cli, cluster, i, home, args, &[("ST2_AUTH_TOKEN", cluster.admin_token.as_str())])
+}
+
+/// Run the real `st2` CLI with extra environment variables (an empty value removes one).
+pub fn st2_env(
+    cli: &Path,
+    cluster: &TestCluster,
+    i: usize,
+    home: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> CliOutput {
     let node = cluster.node(i);
-    let out = Command::new(cli)
+    let mut cmd = Command::new(cli);
+    for (k, v) in env {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd
         .args(args)
         .env("ST2_API_URL", format!("http://{}/v1", node.api))
         .env("ST2_AUTH_URL", format!("http://{}", node.auth))

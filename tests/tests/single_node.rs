@@ -14,6 +14,7 @@ fn start(dir: &std::path::Path, ip: &str, ports: (u16, u16, u16)) -> Child {
         .args(["--api-bind", &format!("{ip}:{}", ports.0)])
         .args(["--auth-bind", &format!("{ip}:{}", ports.1)])
         .args(["--peer-bind", &format!("{ip}:{}", ports.2)])
+        .arg("--insecure-no-auth")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -13,6 +13,7 @@ async fn a_node_restarted_after_the_log_was_purged_catches_up_from_a_snapshot() 
             .iter()
             .map(|s| s.to_string())
             .collect(),
+        ..Default::default()
     };
     let mut cluster = TestCluster::start_with(3, opts).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;

@@ -8,7 +8,8 @@ use st2kv_tests::{ClusterOptions, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_with_a_ttl_is_visible_until_it_expires_then_gone_everywhere() {
-    let opts = ClusterOptions { node_args: vec!["--ttl-sweep-ms".into(), "200".into()] };
+    let opts =
+        ClusterOptions { node_args: vec!["--ttl-sweep-ms".into(), "200".into()], ..Default::default() };
     let cluster = TestCluster::start_with(3, opts).await;
     let follower = cluster.follower().await;
     let mut req = KeyValuePairRequest::new("short-lived", "soon gone");
