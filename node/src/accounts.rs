@@ -78,6 +78,9 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
+/// How long an expired token's record is kept before the TTL sweeper purges it.
+const EXPIRED_TOKEN_GRACE_MS: i64 = 3_600_000;
+
 fn invalid_credentials() -> ApiError {
     ApiError::Unauthorized("Invalid or missing credentials".into())
 }
@@ -135,7 +138,8 @@ pub async fn create_token(
         table: TOKENS.into(),
         key: token_hash(&token),
         value: encode_rec(&rec),
-        expire_at_ms: Some(expiry_ms),
+        // Kept an hour past expiry, so its use is refused as "expired" rather than "unknown".
+        expire_at_ms: Some(expiry_ms + EXPIRED_TOKEN_GRACE_MS),
         cond: Cond::Absent,
     };
     match propose_aux(&app, cmd).await? {

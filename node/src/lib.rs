@@ -262,6 +262,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         Raft::new(config.node_id, raft_config, Network::new(peers.clone()), store.log, store.state_machine)
             .await
             .map_err(|e| anyhow::anyhow!("cannot start Raft: {e}"))?;
+    let initializer = members.iter().map(|(id, _)| *id).min().unwrap_or(config.node_id) == config.node_id;
+    let fresh = !raft.is_initialized().await.map_err(|e| anyhow::anyhow!("raft: {e}"))?;
+    if fresh && initializer && !config.insecure_no_auth && admin_password.is_none() {
+        let _ = raft.shutdown().await;
+        anyhow::bail!(
+            "this node would create a new cluster, but no admin credentials were given: \
+             set --admin-password-file (or ST2KV_ADMIN_PASSWORD) for the admin user {:?}, \
+             or pass --insecure-no-auth for a development cluster without authentication",
+            config.admin_user
+        );
+    }
     let cluster = cluster::Cluster::start(
         config.node_id,
         raft.clone(),
