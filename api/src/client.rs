@@ -5,7 +5,10 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::types::{ErrorBody, KeyValuePair, KeyValuePairRequest};
+use crate::types::{
+    ApiKey, ApiKeyRequest, ApiKeyUpdate, ErrorBody, KeyValuePair, KeyValuePairRequest, Token, User,
+    UserRequest, UserUpdate, WhoAmI,
+};
 
 /// What can go wrong talking to st2kv, classified by what the caller should do.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,64 @@ pub fn endpoint_url(raw: &str) -> Result<Url, ClientError> {
         url.set_path(&p);
     }
     Ok(url)
+}
+
+/// Where to log in for an API endpoint typed as for [`endpoint_url`], when no auth URL is given.
+/// The answer is an auth root: a login POSTs to `<root>/tokens` ([`Client::login`]).
+///
+/// - `http://h` (no port, no path) → `http://h:9100`, st2client's `<base>:9100`: the auth
+///   listener's default port.
+/// - `http://h:40123` (an explicit API port) → `http://h:40123/auth/v1`: the auth port of such a
+///   node is anybody's guess, but every st2kv API listener also serves `/auth/v1/tokens`.
+///   (st2client would build the useless `http://h:40123:9100`.)
+/// - `https://h/api/v1` (a path, as behind StackStorm's nginx) → `https://h/auth/v1`: a trailing
+///   `/v1` and then `/api` are replaced by `/auth/v1`, so `http://h:9101/v1` → `http://h:9101/auth/v1`.
+pub fn auth_url(raw_endpoint: &str) -> Result<Url, ClientError> {
+    let raw = raw_endpoint.trim();
+    let with_scheme = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
+    let mut url = Url::parse(&with_scheme).map_err(|_| ClientError::InvalidUrl(raw.to_string()))?;
+    if url.host_str().is_none() {
+        return Err(ClientError::InvalidUrl(raw.to_string()));
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    let path = url.path().trim_end_matches('/').to_string();
+    if path.is_empty() && url.port().is_none() {
+        url.set_port(Some(crate::DEFAULT_AUTH_PORT)).map_err(|_| ClientError::InvalidUrl(raw.to_string()))?;
+        url.set_path("");
+        return Ok(url);
+    }
+    let prefix = path.strip_suffix("/v1").unwrap_or(&path);
+    let prefix = prefix.strip_suffix("/api").unwrap_or(prefix);
+    url.set_path(&format!("{prefix}/auth/v1"));
+    Ok(url)
+}
+
+/// `<auth root>/tokens` for an auth root as the user gives it (`--auth-url`, `$ST2_AUTH_URL`,
+/// `[auth] url`): taken as it is, `http://` added when there is no scheme. Like st2client, no
+/// port or `/v1` is added: `http://h:9100` logs in at `http://h:9100/tokens`.
+pub fn tokens_url(auth_root: &str) -> Result<Url, ClientError> {
+    let raw = auth_root.trim();
+    let with_scheme = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
+    let mut url = Url::parse(&with_scheme).map_err(|_| ClientError::InvalidUrl(raw.to_string()))?;
+    if url.host_str().is_none() {
+        return Err(ClientError::InvalidUrl(raw.to_string()));
+    }
+    let path = format!("{}/tokens", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// The innermost cause of a reqwest error ("Connection refused"), which says more than its own
+/// "error sending request for url (...)".
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        cause = s.to_string();
+        src = s.source();
+    }
+    cause
 }
 
 /// A client for one st2kv cluster, given the API endpoints of some of its nodes.
@@ -136,6 +197,59 @@ impl Client {
         Keys { client: self }
     }
 
+    /// The API-key API (`/v1/apikeys`), like st2client's `client.apikeys`.
+    pub fn apikeys(&self) -> ApiKeys<'_> {
+        ApiKeys { client: self }
+    }
+
+    /// User accounts (`/v1/users`), st2kv's own API.
+    pub fn users(&self) -> Users<'_> {
+        Users { client: self }
+    }
+
+    /// Log in: `POST <auth_root>/tokens` with HTTP Basic credentials and body `{}` or
+    /// `{"ttl": N}` (see [`tokens_url`] for `auth_root`, [`auth_url`] to derive one). Needs no
+    /// token or API key, and sends none. One URL, no failover: a caller with several candidate
+    /// auth roots tries the next on [`ClientError::Unreachable`].
+    pub async fn login(
+        &self,
+        auth_root: &str,
+        user: &str,
+        password: &str,
+        ttl: Option<i64>,
+    ) -> Result<Token, ClientError> {
+        let url = tokens_url(auth_root)?;
+        let body = match ttl {
+            Some(t) => serde_json::json!({ "ttl": t }),
+            None => serde_json::json!({}),
+        };
+        let sent = self.http.post(url.clone()).basic_auth(user, Some(password)).json(&body).send().await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                return Err(ClientError::Unreachable(format!("{url}: {}", root_cause(&e))))
+            }
+            Err(e) => return Err(ClientError::Transport(format!("{url}: {e}"))),
+        };
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        decode(status, &bytes)?.ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
+    /// `GET /v1/user`: who the credentials belong to (`st2 whoami`).
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.call(Method::GET, "user", &[], NO_BODY)
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
+    /// `DELETE /v1/tokens/{token}`: log out. The token's owner (for instance the token itself, as
+    /// this client's credential) or an admin may revoke it.
+    pub async fn revoke_token(&self, token: &str) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(Method::DELETE, &segment_path("tokens/", token), &[], NO_BODY).await?;
+        Ok(())
+    }
+
     /// Send one request, moving to the next endpoint while nodes cannot be reached. Returns the
     /// status and body of the first node that answered.
     async fn send(
@@ -170,13 +284,7 @@ impl Client {
                     return Ok((status, bytes_body::Body(bytes.to_vec())));
                 }
                 Err(e) if e.is_connect() => {
-                    let mut cause = e.to_string();
-                    let mut src = std::error::Error::source(&e);
-                    while let Some(s) = src {
-                        cause = s.to_string();
-                        src = s.source();
-                    }
-                    failures.push(format!("{}: {cause}", self.endpoints[idx]));
+                    failures.push(format!("{}: {}", self.endpoints[idx], root_cause(&e)));
                     continue;
                 }
                 Err(e) => return Err(ClientError::Transport(format!("{url}: {e}"))),
@@ -193,17 +301,23 @@ impl Client {
         body: Option<&impl Serialize>,
     ) -> Result<Option<T>, ClientError> {
         let (status, body) = self.send(method, path, query, body).await?;
-        if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&body.0)
-                .map(|e| e.faultstring)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body.0).into_owned());
-            return Err(ClientError::Api { status: status.as_u16(), message });
-        }
-        if body.0.is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_slice(&body.0).map(Some).map_err(|e| ClientError::Decode(e.to_string()))
+        decode(status, &body.0)
     }
+}
+
+/// An answer as a result: `Api` with the faultstring for a non-2xx status, `None` for an empty
+/// body, else the decoded JSON.
+fn decode<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<Option<T>, ClientError> {
+    if !status.is_success() {
+        let message = serde_json::from_slice::<ErrorBody>(body)
+            .map(|e| e.faultstring)
+            .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+        return Err(ClientError::Api { status: status.as_u16(), message });
+    }
+    if body.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(body).map(Some).map_err(|e| ClientError::Decode(e.to_string()))
 }
 
 mod bytes_body {
@@ -217,9 +331,14 @@ pub struct Keys<'a> {
 }
 
 fn key_path(name: &str) -> String {
+    segment_path("keys/", name)
+}
+
+/// `prefix` followed by `segment` as one path segment.
+fn segment_path(prefix: &str, segment: &str) -> String {
     // Percent-encode everything but unreserved characters, so a name reaches the server intact.
-    let mut out = String::from("keys/");
-    for b in name.bytes() {
+    let mut out = String::from(prefix);
+    for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
             out.push(b as char);
         } else {
@@ -296,6 +415,131 @@ impl Keys<'_> {
     }
 }
 
+/// Options of `GET /v1/apikeys`.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeyListOptions {
+    /// Only this user's keys. Sent as `?user=` (as st2client does) and also applied here, since
+    /// the server shows admins every key whatever the query says.
+    pub user: Option<String>,
+    /// Show `key_hash` and `uid` unmasked (admins only; others get them masked anyway).
+    pub show_secrets: bool,
+    pub limit: Option<i64>,
+    pub offset: Option<u64>,
+}
+
+/// The API-key API (`/v1/apikeys`). An `id` may also be the key itself.
+pub struct ApiKeys<'a> {
+    client: &'a Client,
+}
+
+impl ApiKeys<'_> {
+    /// `GET /v1/apikeys`: the keys the requester may see (all for admins, else their own).
+    pub async fn list(&self, opts: &ApiKeyListOptions) -> Result<Vec<ApiKey>, ClientError> {
+        let mut q = Vec::new();
+        if opts.show_secrets {
+            q.push(("show_secrets", "true".to_string()));
+        }
+        if let Some(u) = &opts.user {
+            q.push(("user", u.clone()));
+        }
+        if let Some(l) = opts.limit {
+            q.push(("limit", l.to_string()));
+        }
+        if let Some(o) = opts.offset {
+            q.push(("offset", o.to_string()));
+        }
+        let keys: Vec<ApiKey> =
+            self.client.call(Method::GET, "apikeys/", &q, NO_BODY).await?.unwrap_or_default();
+        Ok(match &opts.user {
+            Some(u) => keys.into_iter().filter(|k| &k.user == u).collect(),
+            None => keys,
+        })
+    }
+
+    /// `GET /v1/apikeys/{id}`.
+    pub async fn get(&self, id: &str, show_secrets: bool) -> Result<ApiKey, ClientError> {
+        let q = if show_secrets { vec![("show_secrets", "true".to_string())] } else { Vec::new() };
+        self.client
+            .call(Method::GET, &segment_path("apikeys/", id), &q, NO_BODY)
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
+    /// `POST /v1/apikeys`: answers the new key, its plaintext `key` shown this once.
+    pub async fn create(&self, req: &ApiKeyRequest) -> Result<ApiKey, ClientError> {
+        self.client
+            .call(Method::POST, "apikeys/", &[], Some(req))
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
+    /// `PUT /v1/apikeys/{id}`: change `enabled` and/or `metadata`.
+    pub async fn update(&self, id: &str, update: &ApiKeyUpdate) -> Result<ApiKey, ClientError> {
+        self.client
+            .call(Method::PUT, &segment_path("apikeys/", id), &[], Some(update))
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
+    /// `PUT /v1/apikeys/{id}` with `{"enabled": enabled}`.
+    pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<ApiKey, ClientError> {
+        self.update(id, &ApiKeyUpdate { enabled: Some(enabled), ..Default::default() }).await
+    }
+
+    /// `DELETE /v1/apikeys/{id}`.
+    pub async fn delete(&self, id: &str) -> Result<(), ClientError> {
+        self.client
+            .call::<serde_json::Value>(Method::DELETE, &segment_path("apikeys/", id), &[], NO_BODY)
+            .await?;
+        Ok(())
+    }
+}
+
+/// User accounts (`/v1/users`): admins manage them; users may read themselves and change their
+/// own password.
+pub struct Users<'a> {
+    client: &'a Client,
+}
+
+impl Users<'_> {
+    /// `GET /v1/users` (admins only).
+    pub async fn list(&self) -> Result<Vec<User>, ClientError> {
+        Ok(self.client.call(Method::GET, "users/", &[], NO_BODY).await?.unwrap_or_default())
+    }
+
+    /// `GET /v1/users/{name}`.
+    pub async fn get(&self, name: &str) -> Result<User, ClientError> {
+        self.client
+            .call(Method::GET, &segment_path("users/", name), &[], NO_BODY)
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
+    /// `POST /v1/users` (admins only).
+    pub async fn create(&self, req: &UserRequest) -> Result<User, ClientError> {
+        self.client
+            .call(Method::POST, "users/", &[], Some(req))
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
+    /// `PUT /v1/users/{name}`.
+    pub async fn update(&self, name: &str, update: &UserUpdate) -> Result<User, ClientError> {
+        self.client
+            .call(Method::PUT, &segment_path("users/", name), &[], Some(update))
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
+    /// `DELETE /v1/users/{name}` (admins only, never oneself).
+    pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
+        self.client
+            .call::<serde_json::Value>(Method::DELETE, &segment_path("users/", name), &[], NO_BODY)
+            .await?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +557,193 @@ mod tests {
     fn key_names_are_percent_encoded() {
         assert_eq!(key_path("a b/c"), "keys/a%20b%2Fc");
         assert_eq!(key_path("pack.x:y"), "keys/pack.x:y");
+    }
+
+    #[test]
+    fn auth_roots_are_derived_from_api_endpoints() {
+        let a = |e: &str| auth_url(e).unwrap().to_string();
+        // st2client's `<base>:9100` for a bare base URL.
+        assert_eq!(a("http://127.0.0.2"), "http://127.0.0.2:9100/");
+        assert_eq!(a("127.0.0.2/"), "http://127.0.0.2:9100/");
+        assert_eq!(a("https://st2.example"), "https://st2.example:9100/");
+        // An explicit API port: the API listener's own /auth/v1.
+        assert_eq!(a("127.0.0.1:40123"), "http://127.0.0.1:40123/auth/v1");
+        // Behind a proxy, or with the API's /v1 spelled out.
+        assert_eq!(a("https://h/api/v1"), "https://h/auth/v1");
+        assert_eq!(a("https://h/api/v1/"), "https://h/auth/v1");
+        assert_eq!(a("https://h/st2/api"), "https://h/st2/auth/v1");
+        assert_eq!(a("http://h:9101/v1"), "http://h:9101/auth/v1");
+        assert!(auth_url("http://").is_err());
+    }
+
+    #[test]
+    fn tokens_are_posted_under_the_auth_root_as_given() {
+        let t = |r: &str| tokens_url(r).unwrap().to_string();
+        assert_eq!(t("http://h:9100"), "http://h:9100/tokens");
+        assert_eq!(t("h:9100/"), "http://h:9100/tokens");
+        assert_eq!(t("https://h/auth/v1"), "https://h/auth/v1/tokens");
+        assert_eq!(t(auth_url("http://h").unwrap().as_str()), "http://h:9100/tokens");
+        assert!(tokens_url("http://").is_err());
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(segment_path("apikeys/", "a+b/c=="), "apikeys/a%2Bb%2Fc%3D%3D");
+        assert_eq!(segment_path("users/", "alice"), "users/alice");
+    }
+
+    /// A one-request HTTP server on loopback: answers `status` with `body`, and hands back the
+    /// request it got (head and body) as text.
+    async fn serve_once(
+        status: &'static str,
+        body: &'static str,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = sock.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len || n == 0 {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(resp.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf).to_string()
+        });
+        (format!("http://{addr}"), task)
+    }
+
+    const TOKEN_JSON: &str = r#"{"id":"5f","user":"st2admin","token":"0123456789abcdef0123456789abcdef","expiry":"2026-12-04T15:28:25.697414Z","metadata":{},"service":false}"#;
+
+    #[tokio::test]
+    async fn login_posts_basic_credentials_and_the_ttl() {
+        let (root, req) = serve_once("201 Created", TOKEN_JSON).await;
+        let client = Client::new(&["http://127.0.0.1:1"]).unwrap().with_token(Some("ignored".into()));
+        let tok = client.login(&root, "st2admin", "pa:ss", Some(60)).await.unwrap();
+        assert_eq!((tok.user.as_str(), tok.token.len()), ("st2admin", 32));
+        assert_eq!(tok.expiry, "2026-12-04T15:28:25.697414Z");
+        let req = req.await.unwrap();
+        assert!(req.starts_with("POST /tokens HTTP/1.1\r\n"), "{req}");
+        // base64("st2admin:pa:ss"): only the first colon separates user from password.
+        assert!(req.contains("authorization: Basic c3QyYWRtaW46cGE6c3M="), "{req}");
+        assert!(!req.to_ascii_lowercase().contains("x-auth-token"), "{req}");
+        assert!(req.ends_with(r#"{"ttl":60}"#), "{req}");
+
+        let (root, req) = serve_once("201 Created", TOKEN_JSON).await;
+        client.login(&format!("{root}/auth/v1/"), "u", "p", None).await.unwrap();
+        let req = req.await.unwrap();
+        assert!(req.starts_with("POST /auth/v1/tokens HTTP/1.1\r\n") && req.ends_with("{}"), "{req}");
+    }
+
+    #[tokio::test]
+    async fn login_failures_keep_the_status_and_faultstring() {
+        let (root, _req) =
+            serve_once("401 Unauthorized", r#"{"faultstring":"Invalid or missing credentials"}"#).await;
+        let client = Client::new(&["http://127.0.0.1:1"]).unwrap();
+        let err = client.login(&root, "u", "bad", None).await.unwrap_err();
+        assert_eq!(err.status(), Some(401));
+        assert_eq!(err.to_string(), "401: Invalid or missing credentials");
+        let err = client.login("http://127.0.0.1:1", "u", "p", None).await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Unreachable(m) if m.starts_with("http://127.0.0.1:1/tokens: ")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn apikeys_are_enabled_with_a_partial_put() {
+        let (root, req) = serve_once(
+            "200 OK",
+            r#"{"id":"k1","uid":"********","user":"bob","key_hash":"********","metadata":{"a":1},"created_at":"2026-01-01T00:00:00.000000Z","enabled":false}"#,
+        )
+        .await;
+        let client = Client::new(&[root]).unwrap().with_token(Some("tok".into()));
+        let k = client.apikeys().set_enabled("k1", false).await.unwrap();
+        assert!(!k.enabled && k.key.is_none() && k.metadata["a"] == 1);
+        let req = req.await.unwrap();
+        assert!(req.starts_with("PUT /v1/apikeys/k1 HTTP/1.1\r\n"), "{req}");
+        assert!(req.to_ascii_lowercase().contains("x-auth-token: tok"), "{req}");
+        assert!(req.ends_with(r#"{"enabled":false}"#), "{req}");
+    }
+
+    #[tokio::test]
+    async fn apikey_lists_are_filtered_by_user_here_too() {
+        let (root, req) = serve_once(
+            "200 OK",
+            r#"[{"id":"1","user":"alice","metadata":{},"enabled":true},{"id":"2","user":"bob","enabled":true}]"#,
+        )
+        .await;
+        let client = Client::new(&[root]).unwrap();
+        let opts = ApiKeyListOptions { user: Some("bob".into()), show_secrets: true, ..Default::default() };
+        let keys = client.apikeys().list(&opts).await.unwrap();
+        assert_eq!(keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["2"]);
+        let req = req.await.unwrap();
+        assert!(req.starts_with("GET /v1/apikeys/?show_secrets=true&user=bob HTTP/1.1"), "{req}");
+    }
+
+    #[tokio::test]
+    async fn users_are_created_with_name_password_and_role() {
+        let (root, req) = serve_once(
+            "201 Created",
+            r#"{"name":"bob","role":"user","enabled":true,"created_at":"2026-01-01T00:00:00.000000Z"}"#,
+        )
+        .await;
+        let client = Client::new(&[root]).unwrap().with_api_key(Some("K".into()));
+        let u = client
+            .users()
+            .create(&UserRequest {
+                name: "bob".into(),
+                password: "pw-12345678".into(),
+                role: Some("user".into()),
+                enabled: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!((u.name.as_str(), u.role.as_str(), u.enabled), ("bob", "user", true));
+        let req = req.await.unwrap();
+        assert!(req.starts_with("POST /v1/users/ HTTP/1.1\r\n"), "{req}");
+        assert!(req.to_ascii_lowercase().contains("st2-api-key: k"), "{req}");
+        assert!(req.ends_with(r#"{"name":"bob","password":"pw-12345678","role":"user"}"#), "{req}");
+    }
+
+    #[tokio::test]
+    async fn tokens_are_revoked_by_path_and_whoami_decodes() {
+        let (root, req) = serve_once("204 No Content", "").await;
+        let client = Client::new(&[root]).unwrap().with_token(Some("abc".into()));
+        client.revoke_token("abc").await.unwrap();
+        assert!(req.await.unwrap().starts_with("DELETE /v1/tokens/abc HTTP/1.1\r\n"));
+
+        let (root, _req) = serve_once(
+            "200 OK",
+            r#"{"username":"st2admin","authentication":{"method":"authentication token","location":"header","token_expire":"2026-12-04T15:28:25Z"},"rbac":{"enabled":true,"roles":["admin"],"is_admin":true}}"#,
+        )
+        .await;
+        let me = Client::new(&[root]).unwrap().whoami().await.unwrap();
+        assert_eq!(me.username, "st2admin");
+        assert_eq!(me.authentication.token_expire.as_deref(), Some("2026-12-04T15:28:25Z"));
+        assert!(me.rbac.is_admin);
     }
 }

@@ -1,6 +1,7 @@
-//! The command line, as clap types. Flag names, short forms and defaults follow `st2 key ...`
-//! (st2client 3.9.0, `../shared/st2-contract.md` §4.4) so muscle memory and scripts carry over;
-//! the few deliberate differences are listed in the crate documentation.
+//! The command line, as clap types. Flag names, short forms and defaults follow `st2 key ...`,
+//! `st2 login`, `st2 auth`, `st2 whoami` and `st2 apikey ...` (st2client 3.9.0,
+//! `../shared/st2-contract.md` §4) so muscle memory and scripts carry over; `user ...` and
+//! `logout` are st2kv's own. The few deliberate differences are listed in the crate documentation.
 
 use std::path::PathBuf;
 
@@ -29,23 +30,44 @@ const GLOBAL: &str = "Global options";
     version,
     arg_required_else_help = true,
     about = "Command-line client for st2kv, a StackStorm-compatible replicated key/value store.",
-    after_help = "Exit status: 0 on success, 1 on any error, 2 when `key delete` finds no such key \
+    after_help = "Credentials: -t/--token ($ST2_AUTH_TOKEN) and --api-key ($ST2_API_KEY); \
+                  otherwise the token `st2kv login USER` cached in ~/.st2/token-USER for the \
+                  config's [credentials] username (a new one is fetched when the config also has a \
+                  password), or the config's [credentials] api_key.\n\n\
+                  Exit status: 0 on success, 1 on any error, 2 when `key delete` finds no such key \
                   or the command line is invalid."
 )]
 pub struct Cli {
     /// API endpoint(s) of st2kv nodes, comma-separated; the next one is tried when a node cannot be
     /// reached. `http://host` means `http://host:9101/v1`. Without it: $ST2_API_URL, then
-    /// $ST2_BASE_URL, then http://127.0.0.1.
+    /// $ST2_BASE_URL, then the config's `[api] url`, then its `[general] base_url`, then
+    /// http://127.0.0.1.
     #[arg(long, global = true, value_name = "URL[,URL...]", help_heading = GLOBAL)]
     pub url: Option<String>,
 
-    /// Authentication token, sent as X-Auth-Token.
+    /// Where to log in (POST URL/tokens), for `login`, `auth` and logins with the config's
+    /// password. Without it: $ST2_AUTH_URL, then the config's `[auth] url`, else derived from each
+    /// endpoint: `http://host` → `http://host:9100`, `http://host:PORT` or
+    /// `https://host/api/v1` → the same origin's `/auth/v1`.
+    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
+    pub auth_url: Option<String>,
+
+    /// Authentication token, sent as X-Auth-Token. Without it (and without an API key) the token
+    /// cached by `st2kv login` for the config's `[credentials] username` is used.
     #[arg(short = 't', long, global = true, env = "ST2_AUTH_TOKEN", hide_env_values = true, help_heading = GLOBAL)]
     pub token: Option<String>,
 
     /// API key, sent as St2-Api-Key.
     #[arg(long, global = true, env = "ST2_API_KEY", hide_env_values = true, value_name = "KEY", help_heading = GLOBAL)]
     pub api_key: Option<String>,
+
+    /// Client config file (st2's INI format) [default: ~/.st2/config] [env: ST2_CONFIG_FILE].
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
+    pub config_file: Option<PathBuf>,
+
+    /// Do not read the config file, nor use the token it names [env: ST2_CLI_SKIP_CONFIG=1].
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub skip_config: bool,
 
     /// Serve reads (get, list) from the contacted node's local state, without a linearizable
     /// read barrier: faster and available without a leader, but possibly slightly out of date.
@@ -69,6 +91,160 @@ pub enum Command {
     /// Manage keys in the datastore (like `st2 key`).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Log in: get a token, cache it in ~/.st2/token-USER and make USER the config's user.
+    #[command(after_help = "Later commands use the cached token until it expires (they need no -t). \
+                            Without -p the password is prompted for on a terminal, or read as one \
+                            line from standard input otherwise.")]
+    Login(LoginArgs),
+    /// Get a token and print it, without caching it (like `st2 auth`).
+    Auth(AuthArgs),
+    /// Revoke the token in use (-t, or the config user's cached one) and delete its cache file.
+    Logout,
+    /// Show who the credentials in use belong to.
+    Whoami,
+    /// Manage API keys (like `st2 apikey`).
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
+    /// Manage user accounts (admins; users may change their own password).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// The roles a user may have.
+pub const ROLES: [&str; 2] = ["admin", "user"];
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User to log in as.
+    pub username: String,
+
+    /// Password; prompted for (or read from standard input) when absent.
+    #[arg(short = 'p', long)]
+    pub password: Option<String>,
+
+    /// Lifetime of the token in seconds (the server's maximum applies) [default: the server's].
+    #[arg(short = 'l', long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub ttl: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    #[command(flatten)]
+    pub login: LoginArgs,
+
+    /// Print only the token.
+    #[arg(short = 't', long = "only-token")]
+    pub only_token: bool,
+
+    /// Takes the place of the global `-t/--token` here, where `-t` means `--only-token` (as in
+    /// `st2 auth`): clap then does not give this subcommand the global one, whose short flag would
+    /// clash. The value still reaches `Cli::token`, and `auth` sends no token anyway.
+    #[arg(long = "token", id = "token", value_name = "TOKEN", hide = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Create an API key; its secret is shown this once.
+    Create(ApikeyCreateArgs),
+    /// List API keys (all of them for admins, else your own).
+    List(ApikeyListArgs),
+    /// Show one API key.
+    Get(ApikeyIdArgs),
+    /// Delete an API key.
+    Delete(ApikeyIdArgs),
+    /// Enable an API key.
+    Enable(ApikeyIdArgs),
+    /// Disable an API key (requests made with it are refused until it is enabled again).
+    Disable(ApikeyIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApikeyCreateArgs {
+    /// Owner of the key [default: you]; only admins may name another user.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Metadata stored with the key, a JSON object, e.g. '{"used_by": "ci"}'.
+    #[arg(short = 'm', long, value_name = "JSON")]
+    pub metadata: Option<String>,
+
+    /// Print only the key.
+    #[arg(short = 'k', long = "only-key")]
+    pub only_key: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApikeyListArgs {
+    /// Only this user's keys.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Show key hashes unmasked (admins only).
+    #[arg(long)]
+    pub show_secrets: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApikeyIdArgs {
+    /// The key's id (or the key itself).
+    pub id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Add(UserAddArgs),
+    /// List users.
+    List,
+    /// Delete a user (their tokens and API keys stop working at once).
+    Delete(UserNameArgs),
+    /// Change a user's password.
+    Passwd(UserPasswdArgs),
+    /// Change a user's role.
+    Role(UserRoleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserAddArgs {
+    /// User name.
+    pub name: String,
+
+    /// Password (at least 8 characters); prompted for twice (or read from standard input) when
+    /// absent.
+    #[arg(short = 'p', long)]
+    pub password: Option<String>,
+
+    /// Role.
+    #[arg(long, value_name = "ROLE", value_parser = ROLES, default_value = "user")]
+    pub role: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UserNameArgs {
+    /// User name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UserPasswdArgs {
+    /// User name.
+    pub name: String,
+
+    /// New password (at least 8 characters); prompted for twice (or read from standard input)
+    /// when absent.
+    #[arg(short = 'p', long)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UserRoleArgs {
+    /// User name.
+    pub name: String,
+
+    /// New role.
+    #[arg(value_name = "ROLE", value_parser = ROLES)]
+    pub role: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,9 +405,28 @@ mod tests {
         Cli::try_parse_from(std::iter::once("st2kv").chain(args.iter().copied()))
     }
 
+    fn command(args: &[&str]) -> Command {
+        parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command
+    }
+
     fn key(args: &[&str]) -> KeyCommand {
-        match parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command {
+        match command(args) {
             Command::Key(k) => k,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn apikey(args: &[&str]) -> ApikeyCommand {
+        match command(args) {
+            Command::Apikey(k) => k,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn user(args: &[&str]) -> UserCommand {
+        match command(args) {
+            Command::User(u) => u,
+            other => panic!("{other:?}"),
         }
     }
 
@@ -337,6 +532,134 @@ mod tests {
         assert_eq!((l.file, l.convert), (PathBuf::from("f.yaml"), true));
         let KeyCommand::Load(l) = key(&["key", "load", "f.json"]) else { panic!() };
         assert!(!l.convert);
+    }
+
+    #[test]
+    fn login_takes_a_user_and_optional_password_and_ttl() {
+        let Command::Login(l) = command(&["login", "st2admin"]) else { panic!() };
+        assert_eq!((l.username.as_str(), l.password, l.ttl), ("st2admin", None, None));
+        let Command::Login(l) = command(&["login", "bob", "-p", "pw", "-l", "60"]) else { panic!() };
+        assert_eq!((l.password.as_deref(), l.ttl), (Some("pw"), Some(60)));
+        let Command::Login(l) = command(&["login", "bob", "--password=-x", "--ttl", "-1"]) else { panic!() };
+        assert_eq!((l.password.as_deref(), l.ttl), (Some("-x"), Some(-1)));
+        assert!(parse(&["login"]).is_err());
+        assert!(parse(&["login", "bob", "-l", "soon"]).is_err());
+    }
+
+    #[test]
+    fn auth_t_means_only_token_but_the_global_token_still_works() {
+        let cli = parse(&["auth", "bob", "-p", "pw", "-t", "-l", "5", "-j"]).unwrap();
+        assert!(cli.json && cli.token.is_none());
+        let Command::Auth(a) = cli.command else { panic!() };
+        assert!(a.only_token);
+        assert_eq!(
+            (a.login.username.as_str(), a.login.password.as_deref(), a.login.ttl),
+            ("bob", Some("pw"), Some(5))
+        );
+        let cli = parse(&["auth", "bob", "--only-token"]).unwrap();
+        let Command::Auth(a) = cli.command else { panic!() };
+        assert!(a.only_token);
+        // Before the subcommand, or spelled out, -t/--token is still the global token.
+        let cli = parse(&["-t", "TOK", "auth", "bob"]).unwrap();
+        assert_eq!(cli.token.as_deref(), Some("TOK"));
+        let Command::Auth(a) = cli.command else { panic!() };
+        assert!(!a.only_token);
+        let cli = parse(&["auth", "bob", "--token", "TOK2"]).unwrap();
+        assert_eq!(cli.token.as_deref(), Some("TOK2"));
+        // Everywhere else -t is the token.
+        let cli = parse(&["whoami", "-t", "TOK3"]).unwrap();
+        assert_eq!(cli.token.as_deref(), Some("TOK3"));
+        assert!(matches!(cli.command, Command::Whoami));
+    }
+
+    #[test]
+    fn logout_and_whoami_take_only_global_flags() {
+        assert!(matches!(command(&["logout"]), Command::Logout));
+        let cli = parse(&["whoami", "-j", "--api-key", "K", "--url", "http://h"]).unwrap();
+        assert!(cli.json && matches!(cli.command, Command::Whoami));
+        assert!(parse(&["whoami", "extra"]).is_err());
+    }
+
+    #[test]
+    fn global_config_flags_parse_anywhere() {
+        let cli = parse(&[
+            "key",
+            "list",
+            "--config-file",
+            "/tmp/c",
+            "--skip-config",
+            "--auth-url",
+            "http://h:9100",
+        ])
+        .unwrap();
+        assert_eq!(cli.config_file, Some(PathBuf::from("/tmp/c")));
+        assert!(cli.skip_config);
+        assert_eq!(cli.auth_url.as_deref(), Some("http://h:9100"));
+        let cli = parse(&["--skip-config", "login", "u", "-p", "p"]).unwrap();
+        assert!(cli.skip_config && cli.config_file.is_none());
+    }
+
+    #[test]
+    fn apikey_commands_parse_like_st2s() {
+        let ApikeyCommand::Create(c) = apikey(&["apikey", "create"]) else { panic!() };
+        assert_eq!((c.user, c.metadata, c.only_key), (None, None, false));
+        let ApikeyCommand::Create(c) = apikey(&["apikey", "create", "-u", "bob", "-m", r#"{"a":1}"#, "-k"])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (c.user.as_deref(), c.metadata.as_deref(), c.only_key),
+            (Some("bob"), Some(r#"{"a":1}"#), true)
+        );
+        let ApikeyCommand::Create(c) = apikey(&["apikey", "create", "--user", "x", "--only-key"]) else {
+            panic!()
+        };
+        assert!(c.only_key && c.user.as_deref() == Some("x"));
+        let ApikeyCommand::List(l) = apikey(&["apikey", "list"]) else { panic!() };
+        assert_eq!((l.user, l.show_secrets), (None, false));
+        let cli = parse(&["apikey", "list", "-u", "bob", "--show-secrets", "-j"]).unwrap();
+        assert!(cli.json);
+        let Command::Apikey(ApikeyCommand::List(l)) = cli.command else { panic!() };
+        assert_eq!((l.user.as_deref(), l.show_secrets), (Some("bob"), true));
+        for (verb, id) in [("get", "k1"), ("delete", "k2"), ("enable", "k3"), ("disable", "k4")] {
+            let (ApikeyCommand::Get(a)
+            | ApikeyCommand::Delete(a)
+            | ApikeyCommand::Enable(a)
+            | ApikeyCommand::Disable(a)) = apikey(&["apikey", verb, id])
+            else {
+                panic!()
+            };
+            assert_eq!(a.id, id);
+            assert!(parse(&["apikey", verb]).is_err(), "{verb} needs an id");
+        }
+        assert!(matches!(apikey(&["apikey", "enable", "k"]), ApikeyCommand::Enable(_)));
+        assert!(matches!(apikey(&["apikey", "disable", "k"]), ApikeyCommand::Disable(_)));
+        assert!(parse(&["apikey", "update", "k"]).is_err());
+    }
+
+    #[test]
+    fn user_commands_parse() {
+        let UserCommand::Add(a) = user(&["user", "add", "bob"]) else { panic!() };
+        assert_eq!((a.name.as_str(), a.password, a.role.as_str()), ("bob", None, "user"));
+        let UserCommand::Add(a) = user(&["user", "add", "bob", "-p", "pw", "--role", "admin"]) else {
+            panic!()
+        };
+        assert_eq!((a.password.as_deref(), a.role.as_str()), (Some("pw"), "admin"));
+        assert!(parse(&["user", "add", "bob", "--role", "root"]).is_err());
+        assert!(matches!(user(&["user", "list"]), UserCommand::List));
+        let UserCommand::Delete(d) = user(&["user", "delete", "bob"]) else { panic!() };
+        assert_eq!(d.name, "bob");
+        let UserCommand::Passwd(p) = user(&["user", "passwd", "bob"]) else { panic!() };
+        assert_eq!((p.name.as_str(), p.password), ("bob", None));
+        let UserCommand::Passwd(p) = user(&["user", "passwd", "bob", "--password", "new-pass"]) else {
+            panic!()
+        };
+        assert_eq!(p.password.as_deref(), Some("new-pass"));
+        let UserCommand::Role(r) = user(&["user", "role", "bob", "admin"]) else { panic!() };
+        assert_eq!((r.name.as_str(), r.role.as_str()), ("bob", "admin"));
+        assert!(parse(&["user", "role", "bob"]).is_err());
+        assert!(parse(&["user", "role", "bob", "superuser"]).is_err());
+        assert!(parse(&["user", "delete"]).is_err());
     }
 
     #[test]

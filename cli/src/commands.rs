@@ -1,16 +1,18 @@
 //! Running each `key` command against the cluster through [`st2kv_api::Client`]. Every command
 //! returns an [`Outcome`] (what to print, and the exit code); nothing here prints or exits, so
-//! `run` in the crate root is the one place that talks to the terminal.
+//! `run` in the crate root is the one place that talks to the terminal. The other commands are in
+//! [`crate::accounts`].
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
 
 use serde_json::Value;
-use st2kv_api::{Client, ClientError, DeleteOptions, GetOptions, KeyValuePairRequest, ListOptions};
+use st2kv_api::{Client, ClientError, DeleteOptions, GetOptions, KeyValuePairRequest, ListOptions, Url};
 
 use crate::args::{DeleteArgs, DeleteByPrefixArgs, GetArgs, KeyCommand, ListArgs, LoadArgs, SetArgs};
 use crate::load;
 use crate::output::{self, Format};
+use crate::session::{Credentials, Settings};
 
 /// Exit code of every failure but the one below.
 pub const EXIT_FAILURE: i32 = 1;
@@ -25,53 +27,63 @@ pub struct Outcome {
     pub stdout: String,
     /// Printed as `ERROR: <message>` on stderr.
     pub error: Option<String>,
+    /// Printed on stderr after the error: what to do about it (`(log in with: ...)`).
+    pub hint: Option<String>,
     pub code: i32,
 }
 
 impl Outcome {
     pub fn ok(stdout: impl Into<String>) -> Outcome {
-        Outcome { stdout: stdout.into(), error: None, code: 0 }
+        Outcome { stdout: stdout.into(), error: None, hint: None, code: 0 }
     }
 
     pub fn fail(message: impl Into<String>) -> Outcome {
-        Outcome { stdout: String::new(), error: Some(message.into()), code: EXIT_FAILURE }
+        Outcome { stdout: String::new(), error: Some(message.into()), hint: None, code: EXIT_FAILURE }
     }
 }
 
 /// What the command needs besides its own arguments.
 pub struct Context<'a> {
+    /// Authenticated with [`Context::creds`].
     pub client: &'a Client,
     pub format: Format,
     /// `--stale`: reads may be served from a node's local state.
     pub stale: bool,
+    pub settings: &'a Settings,
+    pub creds: &'a Credentials,
 }
 
 impl Context<'_> {
-    /// A client error as the one line the user sees: `<status>: <faultstring>` for an answer from
-    /// the server, the endpoints tried when none could be reached.
+    /// A client error as the one line the user sees (see [`describe_error`]).
     pub fn describe(&self, e: &ClientError) -> String {
-        match e {
-            ClientError::Unreachable(last) => {
-                let tried: Vec<_> = self.client.endpoints().iter().map(|u| u.as_str()).collect();
-                let mut msg = format!("no st2kv node reachable (tried {})", tried.join(", "));
-                // The client reports `<endpoint>: <error>`; reqwest's generic "error sending
-                // request for url (...)" says nothing the list above does not.
-                let detail = last.split_once(": ").map_or(last.as_str(), |(_, d)| d);
-                if !detail.is_empty() && !detail.starts_with("error sending request") {
-                    msg.push_str(&format!("; last error: {detail}"));
-                }
-                msg
+        describe_error(e, self.client.endpoints())
+    }
+}
+
+/// A client error as the one line the user sees: `<status>: <faultstring>` for an answer from
+/// the server, the `endpoints` tried when none could be reached.
+pub fn describe_error(e: &ClientError, endpoints: &[Url]) -> String {
+    match e {
+        ClientError::Unreachable(last) => {
+            let tried: Vec<_> = endpoints.iter().map(|u| u.as_str()).collect();
+            let mut msg = format!("no st2kv node reachable (tried {})", tried.join(", "));
+            // The client reports `<endpoint>: <error>`; reqwest's generic "error sending
+            // request for url (...)" says nothing the list above does not.
+            let detail = last.split_once(": ").map_or(last.as_str(), |(_, d)| d);
+            if !detail.is_empty() && !detail.starts_with("error sending request") {
+                msg.push_str(&format!("; last error: {detail}"));
             }
-            ClientError::Api { status, message } if message.trim().is_empty() => {
-                format!("{status}: {}", reason(*status))
-            }
-            // A long message is not a faultstring but some proxy's HTML page: keep its start.
-            ClientError::Api { status, message } if message.chars().count() > MAX_MESSAGE_CHARS => {
-                let start: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
-                format!("{status}: {start}…")
-            }
-            other => other.to_string(),
+            msg
         }
+        ClientError::Api { status, message } if message.trim().is_empty() => {
+            format!("{status}: {}", reason(*status))
+        }
+        // A long message is not a faultstring but some proxy's HTML page: keep its start.
+        ClientError::Api { status, message } if message.chars().count() > MAX_MESSAGE_CHARS => {
+            let start: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+            format!("{status}: {start}…")
+        }
+        other => other.to_string(),
     }
 }
 
@@ -189,9 +201,12 @@ async fn get(a: GetArgs, cx: &Context<'_>) -> Outcome {
     match cx.client.keys().get(&a.name, &opts).await {
         Ok(kv) => Outcome::ok(output::render_key(&kv, output::GET_ATTRS, &["description"], cx.format)),
         // st2 prints the notice on stdout and an error line on stderr, and exits 1.
-        Err(e) if e.is_not_found() => {
-            Outcome { stdout: not_found(&a.name), error: Some(cx.describe(&e)), code: EXIT_FAILURE }
-        }
+        Err(e) if e.is_not_found() => Outcome {
+            stdout: not_found(&a.name),
+            error: Some(cx.describe(&e)),
+            hint: None,
+            code: EXIT_FAILURE,
+        },
         Err(e) => Outcome::fail(cx.describe(&e)),
     }
 }
@@ -218,7 +233,7 @@ async fn delete(a: DeleteArgs, cx: &Context<'_>) -> Outcome {
     match cx.client.keys().delete(&a.name, &opts).await {
         Ok(()) => Outcome::ok(format!("Resource with id \"{}\" has been successfully deleted.", a.name)),
         Err(e) if e.is_not_found() => {
-            Outcome { stdout: not_found(&a.name), error: None, code: EXIT_NOT_FOUND }
+            Outcome { stdout: not_found(&a.name), error: None, hint: None, code: EXIT_NOT_FOUND }
         }
         Err(e) => Outcome::fail(cx.describe(&e)),
     }
@@ -262,7 +277,7 @@ async fn delete_by_prefix(a: DeleteByPrefixArgs, cx: &Context<'_>) -> Outcome {
     let stdout = format!("Deleted {} keys\nDeleted key ids: {}", deleted.len(), deleted.join(", "));
     match error {
         None => Outcome::ok(stdout),
-        Some(e) => Outcome { stdout, error: Some(e), code: EXIT_FAILURE },
+        Some(e) => Outcome { stdout, error: Some(e), hint: None, code: EXIT_FAILURE },
     }
 }
 
@@ -313,11 +328,12 @@ async fn load_file(a: LoadArgs, cx: &Context<'_>) -> Outcome {
     }
     let stdout = output::render_rows(&rows, LOAD_COLUMNS, cx.format);
     match (unreachable, failed) {
-        (Some(e), _) => Outcome { stdout, error: Some(e), code: EXIT_FAILURE },
+        (Some(e), _) => Outcome { stdout, error: Some(e), hint: None, code: EXIT_FAILURE },
         (None, 0) => Outcome::ok(stdout),
         (None, n) => Outcome {
             stdout,
             error: Some(format!("{n} of {} items failed to load", rows.len())),
+            hint: None,
             code: EXIT_FAILURE,
         },
     }

@@ -1,7 +1,8 @@
 //! # st2kv-cli: the `st2kv` command
 //!
-//! `st2kv key ...` does what `st2 key ...` does (st2client 3.9.0, `../shared/st2-contract.md`
-//! §4.4–4.6), against any node of an st2kv cluster:
+//! `st2kv key ...` does what `st2 key ...` does, and `login`, `auth`, `whoami` and `apikey ...`
+//! what st2's do (st2client 3.9.0, `../shared/st2-contract.md` §3–4), against any node of an
+//! st2kv cluster; `logout` and `user ...` are st2kv's own:
 //!
 //! | command | request(s) |
 //! |---|---|
@@ -11,6 +12,17 @@
 //! | `key delete NAME [-s S] [-u U]` | `DELETE /v1/keys/NAME` |
 //! | `key delete_by_prefix -p P [-s S] [-u U]` | `GET /v1/keys?prefix=P&limit=-1`, then one DELETE per key |
 //! | `key load FILE [-c/--convert]` | one `PUT /v1/keys/NAME` per item of a JSON or YAML file |
+//! | `login USER [-p PW] [-l TTL]` | `POST <auth>/tokens` (HTTP Basic, body `{}` or `{"ttl": N}`); caches the token |
+//! | `auth USER [-p PW] [-l TTL] [-t/--only-token]` | the same POST; prints the token, caches nothing |
+//! | `logout` | `DELETE /v1/tokens/TOKEN`, then deletes the cache file |
+//! | `whoami` | `GET /v1/user` |
+//! | `apikey create [-u USER] [-m JSON] [-k/--only-key]` | `POST /v1/apikeys` |
+//! | `apikey list [-u USER] [--show-secrets]` | `GET /v1/apikeys` |
+//! | `apikey get ID` / `delete ID` | `GET` / `DELETE /v1/apikeys/ID` |
+//! | `apikey enable ID` / `disable ID` | `PUT /v1/apikeys/ID` `{"enabled": true\|false}` |
+//! | `user add NAME [-p PW] [--role admin\|user]` | `POST /v1/users` `{name, password, role}` |
+//! | `user list` / `delete NAME` | `GET /v1/users` / `DELETE /v1/users/NAME` |
+//! | `user passwd NAME [-p PW]` / `role NAME admin\|user` | `PUT /v1/users/NAME` `{password}` / `{role}` |
 //!
 //! Scopes (`system`, `user`, `st2kv.system`, `st2kv.user`, and `all` for listing) are passed to the
 //! server as typed; the server validates them and its 400 message is shown. Defaults are st2's:
@@ -19,27 +31,55 @@
 //! ciphertext made with the server's key (body `encrypted: true`).
 //!
 //! ## Talking to the cluster
-//! The endpoint is `--url`, else `$ST2_API_URL`, else `$ST2_BASE_URL`, else `http://127.0.0.1`.
-//! Each may list several nodes separated by commas; `http://host` means `http://host:9101/v1`
+//! The endpoint is `--url`, else `$ST2_API_URL`, else `$ST2_BASE_URL`, else the config file's
+//! `[api] url`, else its `[general] base_url`, else `http://127.0.0.1`. Each may list several
+//! nodes separated by commas; `http://host` means `http://host:9101/v1`
 //! ([`st2kv_api::endpoint_url`]). When a node cannot be reached the client moves on to the next,
-//! and if none can, the error names every endpoint tried. `-t/--token` (`$ST2_AUTH_TOKEN`) and
-//! `--api-key` (`$ST2_API_KEY`) are sent as `X-Auth-Token` and `St2-Api-Key`. `--stale` lets reads
-//! (`get`, `list`) be served from the contacted node's local state instead of a linearizable read.
+//! and if none can, the error names every endpoint tried. `--stale` lets reads (`get`, `list`) be
+//! served from the contacted node's local state instead of a linearizable read.
+//!
+//! ## Who you are ([`session`], [`config`])
+//! Credentials are, in st2client's order: `-t/--token` (`$ST2_AUTH_TOKEN`) and `--api-key`
+//! (`$ST2_API_KEY`), sent as `X-Auth-Token` and `St2-Api-Key`; else, when the config file names a
+//! `[credentials] username`, that user's token cached in `~/.st2/token-USER` while
+//! `expire_timestamp - 15 > now`; else, if the config also holds `[credentials] password`, a fresh
+//! login, cached in turn (unless `[cli] cache_token` is false); else the config's
+//! `[credentials] api_key`. The config file is `--config-file`, else `$ST2_CONFIG_FILE`, else
+//! `~/.st2/config`; a file named explicitly must exist (except for `login`, which creates it), and
+//! `--skip-config` or `ST2_CLI_SKIP_CONFIG=1` ignores it, cache included.
+//!
+//! `login USER` gets a token and writes it as st2 does: `~/.st2/token-USER` holds
+//! `{"token": "...", "expire_timestamp": <unix seconds>}` (mode 0600, in `~/.st2` created with mode
+//! 0700; both replaced atomically), and the config gets `[credentials] username = USER` with any
+//! old `password` line removed (it was someone else's, as st2 also reasons); every other line is
+//! kept. Without `-p`, the password is prompted for without echo on a terminal (twice for new
+//! passwords in `user add`/`user passwd`), or read as one line from standard input otherwise.
+//!
+//! Logins go to `<auth>/tokens`, where `<auth>` is `--auth-url`, else `$ST2_AUTH_URL`, else the
+//! config's `[auth] url`, else derived from each endpoint in turn ([`st2kv_api::auth_url`]):
+//! `http://host` → `http://host:9100` (st2client's `<base>:9100`), `http://host:PORT` or
+//! `https://host/api/v1` → that origin's `/auth/v1`, which every st2kv API listener also serves.
+//! The next candidate is tried when one cannot be reached.
 //!
 //! ## Output
 //! Tables by default; `-j` prints JSON the way st2 does (`json.dumps(doc, indent=4,
 //! sort_keys=True)`, only the attributes st2 selects, absent ones omitted) and `-y` YAML.
 //! `get` shows `name, value, secret, encrypted, scope, expire_timestamp`, plus `user` for a
 //! user-scoped key (and `description`, in the table only); `list` shows those plus `user` for
-//! each key, `[]` or `No matching items found` when there is none. Expiry times are ISO 8601 in
-//! JSON/YAML and `Fri, 04 Dec 2026 15:28:25 UTC` in tables, as st2 shows them.
+//! each key, `[]` or `No matching items found` when there is none. Expiry and creation times are
+//! ISO 8601 in JSON/YAML and `Fri, 04 Dec 2026 15:28:25 UTC` in tables, as st2 shows them. API
+//! keys and users print as property tables (one) or column tables (lists), and as the server's
+//! whole documents with `-j`/`-y`; `auth -j` prints `{expiry, token, user}`, `auth -t` and
+//! `apikey create -k` only the secret, `whoami` st2's text.
 //!
 //! Every failure is one line on stderr, `ERROR: <message>` (`ERROR: <status>: <faultstring>` for an
-//! answer from the server), and exit status 1. Exceptions, kept from st2: `key get` of a missing
-//! key also prints `Key Value Pair "NAME" is not found.` on stdout; `key delete` of a missing key
-//! prints only that and exits 2. An invalid command line is also one `ERROR:` line, exit 2.
+//! answer from the server), and exit status 1. After a 401 (other than from `login`/`auth`) a
+//! second line says `(log in with: st2kv login USER)`, naming the config's user when the
+//! credentials were its. Exceptions, kept from st2: `key get` of a missing key also prints
+//! `Key Value Pair "NAME" is not found.` on stdout; `key delete` of a missing key prints only that
+//! and exits 2. An invalid command line is also one `ERROR:` line, exit 2.
 //!
-//! ## Where we differ from `st2 key`, on purpose
+//! ## Where we differ from st2, on purpose
 //! - `list` prints keys in the server's order; st2 reverses it, which only makes a dump harder to
 //!   compare with the store.
 //! - `-u USER` without `-s` means user scope for `set`, `get`, `delete` and `delete_by_prefix`. The
@@ -56,6 +96,17 @@
 //!   at the server's default of 100) and re-checks the prefix itself before deleting anything.
 //! - JSON output keeps non-ASCII text as UTF-8 where Python would write `\u` escapes; YAML uses
 //!   2-space indentation where st2 uses 4.
+//! - The auth URL of an endpoint with a port or a path is that origin's `/auth/v1`, not st2's
+//!   `<base>:9100` (which would be `http://h:9101:9100`); without `-p`, `login`/`auth` read the
+//!   password from standard input when it is not a terminal; the token cache is 0600 in a 0700
+//!   directory (st2: 0660 and 2770); a failed login prints the server's answer, not st2's
+//!   "Failed to log in as USER"; a config user without password or fresh token means no
+//!   credentials (and the 401 hint), where st2 fails trying to log in with no password.
+//! - In `auth`, `-t` means `--only-token` (as in st2) while `-t/--token` elsewhere, and before the
+//!   subcommand, is the token; `auth --token T` still sets the global token.
+//! - `apikey list -u USER` filters here too (the server lists every key to an admin whatever
+//!   `?user=` says), shows an `enabled` column, and lists all keys rather than st2's first 50;
+//!   `apikey enable/disable` send only `{"enabled": ...}` and show the key without its hash.
 //!
 //! ## What this crate deliberately does not do
 //! - It holds no storage or consensus code and does not link sled, openraft or axum: everything
@@ -63,12 +114,18 @@
 //! - It never retries a request that reached a node. Failing over happens only when a node cannot
 //!   be connected to; a write that timed out may have been applied, so it is reported as such
 //!   ("outcome unknown") rather than repeated.
-//! - It does not read `~/.st2/config`, log in or cache tokens (yet), validate scopes or names
-//!   (the server is the authority), or encrypt anything itself (the server does).
+//! - It never validates a token before using it (as st2client, it trusts the cache's expiry),
+//!   never stores a password (st2's `login -w` is not offered), and never revokes tokens by itself:
+//!   `user passwd` leaves existing tokens working until they expire or are logged out.
+//! - It does not validate scopes, names or passwords (the server is the authority, and its 400
+//!   message is shown), nor encrypt anything itself (the server does).
+//! - `--api-version`, `--cacert` and `[credentials] basic_auth` are not supported.
 //!
 //! The binary (`main.rs`) only calls [`run`]; the pieces are [`args`] (the clap definitions),
-//! [`commands`] (one function per command, returning an [`commands::Outcome`]), [`load`] (the
-//! `key load` file) and [`output`] (tables, JSON, YAML).
+//! [`session`] (endpoints, auth URLs, credentials, password prompts), [`config`] (`~/.st2/config`
+//! and the token cache), [`commands`] (the `key` commands, each returning an
+//! [`commands::Outcome`]), [`accounts`] (everything else), [`load`] (the `key load` file) and
+//! [`output`] (tables, JSON, YAML).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -77,14 +134,18 @@ use clap::error::ErrorKind;
 use clap::Parser;
 use st2kv_api::Client;
 
+pub mod accounts;
 pub mod args;
 pub mod commands;
+pub mod config;
 pub mod load;
 pub mod output;
+pub mod session;
 
 use args::{Cli, Command};
 use commands::{Context, Outcome, EXIT_USAGE};
 use output::Format;
+use session::{Credentials, Env, Settings, TokenSource};
 
 /// Run the `st2kv` command line `args` (program name first) and return its exit status.
 /// Prints results to stdout and errors to stderr; never panics on bad input.
@@ -102,56 +163,66 @@ where
     outcome.code
 }
 
-/// Run a parsed command line.
+/// Run a parsed command line in this process's environment.
 pub async fn execute(cli: Cli) -> Outcome {
-    let env = |name: &str| std::env::var(name).ok();
-    let endpoints =
-        match endpoints(cli.url.as_deref(), env("ST2_API_URL").as_deref(), env("ST2_BASE_URL").as_deref()) {
-            Ok(e) => e,
-            Err(e) => return Outcome::fail(e),
-        };
-    let client = match Client::new(&endpoints) {
+    execute_in(cli, &|name: &str| std::env::var(name).ok()).await
+}
+
+/// Run a parsed command line, reading environment variables (`$HOME` included) through `env`.
+pub async fn execute_in(cli: Cli, env: Env<'_>) -> Outcome {
+    let settings = match Settings::resolve(&cli, env) {
+        Ok(s) => s,
+        Err(e) => return Outcome::fail(e),
+    };
+    if let (Some(path), false) = (&settings.missing_config, matches!(cli.command, Command::Login(_))) {
+        return Outcome::fail(format!("config file {} not found", path.display()));
+    }
+    let client = match Client::new(&settings.endpoints) {
         Ok(c) => c,
         Err(e) => return Outcome::fail(e.to_string()),
     };
-    let client = client.with_token(non_empty(cli.token)).with_api_key(non_empty(cli.api_key));
+    // `login` and `auth` authenticate with a password, `logout` with the token it revokes.
+    let creds = if matches!(cli.command, Command::Login(_) | Command::Auth(_) | Command::Logout) {
+        Credentials::none()
+    } else {
+        let describe = |e: &st2kv_api::ClientError| commands::describe_error(e, client.endpoints());
+        match session::credentials(&cli, &settings, &client, describe).await {
+            Ok(c) => c,
+            Err(e) => return Outcome::fail(e),
+        }
+    };
+    let client = client.with_token(creds.token.clone()).with_api_key(creds.api_key.clone());
     let format = match (cli.json, cli.yaml) {
         (true, _) => Format::Json,
         (false, true) => Format::Yaml,
         _ => Format::Table,
     };
-    let cx = Context { client: &client, format, stale: cli.stale };
-    match cli.command {
-        Command::Key(cmd) => commands::run(cmd, &cx).await,
+    let cx = Context { client: &client, format, stale: cli.stale, settings: &settings, creds: &creds };
+    // Credentials given on the command line or in the environment may be anybody's.
+    let key_given = cli.api_key.as_deref().is_some_and(|k| !k.trim().is_empty());
+    let hint_user = match creds.source {
+        TokenSource::Given => None,
+        _ if key_given => None,
+        _ => creds.config_user.clone(),
+    };
+    let (mut outcome, may_hint) = match cli.command {
+        Command::Key(cmd) => (commands::run(cmd, &cx).await, true),
+        Command::Login(a) => (accounts::login(a, &cx).await, false),
+        Command::Auth(a) => (accounts::auth(a, &cx).await, false),
+        Command::Logout => (accounts::logout(cli.token.filter(|t| !t.trim().is_empty()), &cx).await, false),
+        Command::Whoami => (accounts::whoami(&cx).await, true),
+        Command::Apikey(cmd) => (accounts::apikey(cmd, &cx).await, true),
+        Command::User(cmd) => (accounts::user(cmd, &cx).await, true),
+    };
+    if may_hint && outcome.error.as_deref().is_some_and(|e| e.starts_with("401:")) {
+        outcome.hint = Some(login_hint(hint_user.as_deref()));
     }
+    outcome
 }
 
-fn non_empty(s: Option<String>) -> Option<String> {
-    s.filter(|s| !s.trim().is_empty())
-}
-
-/// The endpoints to use: the first of `--url`, `$ST2_API_URL`, `$ST2_BASE_URL` that names any,
-/// split at commas; else [`args::DEFAULT_URL`].
-pub fn endpoints(
-    flag: Option<&str>,
-    api_env: Option<&str>,
-    base_env: Option<&str>,
-) -> Result<Vec<String>, String> {
-    let split =
-        |s: &str| s.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect::<Vec<_>>();
-    if let Some(flag) = flag {
-        let list = split(flag);
-        if list.is_empty() {
-            return Err(format!("--url {flag:?} names no endpoint"));
-        }
-        return Ok(list);
-    }
-    Ok([api_env, base_env]
-        .into_iter()
-        .flatten()
-        .map(split)
-        .find(|list| !list.is_empty())
-        .unwrap_or_else(|| vec![args::DEFAULT_URL.to_string()]))
+/// What to do after a 401: log in (again), as the config's user if the credentials were its.
+fn login_hint(user: Option<&str>) -> String {
+    format!("(log in with: st2kv login {})", user.unwrap_or("USER"))
 }
 
 /// Print an outcome. Write errors (a closed pipe, as in `st2kv key list | head -1`) are ignored:
@@ -162,7 +233,11 @@ fn emit(outcome: &Outcome) {
         let _ = writeln!(out, "{}", outcome.stdout).and_then(|()| out.flush());
     }
     if let Some(e) = &outcome.error {
-        let _ = writeln!(std::io::stderr().lock(), "ERROR: {}", one_line(e));
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "ERROR: {}", one_line(e));
+        if let Some(hint) = &outcome.hint {
+            let _ = writeln!(err, "{hint}");
+        }
     }
 }
 
@@ -208,16 +283,152 @@ fn usage_message(e: &clap::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("st2kv").chain(args.iter().copied())).unwrap()
+    }
+
+    /// Run a command line with `HOME` (and nothing else) set in its environment.
+    async fn run_at_home(home: &std::path::Path, args: &[&str]) -> Outcome {
+        let env: HashMap<String, String> = HashMap::from([("HOME".into(), home.to_str().unwrap().into())]);
+        execute_in(cli(args), &move |k: &str| env.get(k).cloned()).await
+    }
+
+    /// A loopback HTTP server answering each connection with the next of `answers` (status line,
+    /// JSON body); hands back the requests it got.
+    async fn mock(
+        answers: Vec<(&'static str, &'static str)>,
+    ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for (status, body) in answers {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let complete = text.find("\r\n\r\n").is_some_and(|end| {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        buf.len() >= end + 4 + len
+                    });
+                    if complete || n == 0 {
+                        break;
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                sock.write_all(resp.as_bytes()).await.unwrap();
+                requests.push(String::from_utf8_lossy(&buf).to_string());
+            }
+            requests
+        });
+        (url, task)
+    }
+
+    const TOKEN: &str = r#"{"id":"1","user":"alice","token":"tok-123","expiry":"2099-01-01T00:00:00.000000Z","metadata":{},"service":false}"#;
+    const WHOAMI: &str = r#"{"username":"alice","authentication":{"method":"authentication token","location":"header","token_expire":"2099-01-01T00:00:00Z"},"rbac":{"enabled":true,"roles":[],"is_admin":false}}"#;
+
+    #[tokio::test]
+    async fn login_caches_the_token_that_later_commands_send() {
+        let home = tempfile::tempdir().unwrap();
+        let (url, requests) = mock(vec![
+            ("201 Created", TOKEN),
+            ("200 OK", WHOAMI),
+            ("401 Unauthorized", r#"{"faultstring":"Unauthorized"}"#),
+        ])
+        .await;
+        let out = run_at_home(home.path(), &["--url", &url, "login", "alice", "-p", "pw", "-l", "600"]).await;
+        assert_eq!((out.stdout.as_str(), out.error.as_deref(), out.code), ("Logged in as alice", None, 0));
+        let dir = home.path().join(".st2");
+        let cache = std::fs::read_to_string(dir.join("token-alice")).unwrap();
+        assert_eq!(cache, r#"{"token": "tok-123", "expire_timestamp": 4070908800}"#);
+        let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(dir.clone()), mode(dir.join("token-alice"))), (0o700, 0o600));
+        assert_eq!(std::fs::read_to_string(dir.join("config")).unwrap(), "[credentials]\nusername = alice\n");
+
+        let out = run_at_home(home.path(), &["--url", &url, "whoami"]).await;
+        assert!(out.stdout.starts_with("Currently logged in as \"alice\"."), "{out:?}");
+        let out = run_at_home(home.path(), &["--url", &url, "key", "list"]).await;
+        assert_eq!(out.error.as_deref(), Some("401: Unauthorized"));
+        assert_eq!(out.hint.as_deref(), Some("(log in with: st2kv login alice)"));
+
+        let requests = requests.await.unwrap();
+        // An explicit port: the API listener's /auth/v1 is where the login went.
+        assert!(requests[0].starts_with("POST /auth/v1/tokens HTTP/1.1"), "{}", requests[0]);
+        assert!(requests[0].ends_with(r#"{"ttl":600}"#), "{}", requests[0]);
+        assert!(
+            requests[1].starts_with("GET /v1/user HTTP/1.1") && requests[1].contains("x-auth-token: tok-123")
+        );
+        assert!(requests[2].contains("x-auth-token: tok-123"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_login_changes_nothing() {
+        let home = tempfile::tempdir().unwrap();
+        let (url, _requests) =
+            mock(vec![("401 Unauthorized", r#"{"faultstring":"Invalid or missing credentials"}"#)]).await;
+        let out = run_at_home(home.path(), &["--url", &url, "login", "alice", "-p", "bad"]).await;
+        assert_eq!(
+            (out.error.as_deref(), out.hint, out.code),
+            (Some("401: Invalid or missing credentials"), None, 1)
+        );
+        assert!(!home.path().join(".st2").exists());
+    }
+
+    #[tokio::test]
+    async fn a_named_config_must_exist_except_for_login_which_creates_it() {
+        let home = tempfile::tempdir().unwrap();
+        let cfg = home.path().join("elsewhere.ini");
+        let cfg = cfg.to_str().unwrap();
+        let out = run_at_home(home.path(), &["--config-file", cfg, "key", "list"]).await;
+        assert_eq!(out.error, Some(format!("config file {cfg} not found")));
+        // With the config skipped, its absence does not matter (the cluster's does).
+        let out = run_at_home(
+            home.path(),
+            &["--config-file", cfg, "--skip-config", "--url", "127.0.0.1:1", "whoami"],
+        )
+        .await;
+        assert!(out.error.unwrap().starts_with("no st2kv node reachable"));
+
+        let (url, _requests) = mock(vec![("201 Created", TOKEN)]).await;
+        let out = run_at_home(
+            home.path(),
+            &["--config-file", cfg, "--auth-url", &url, "login", "alice", "-p", "pw"],
+        )
+        .await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(std::fs::read_to_string(cfg).unwrap(), "[credentials]\nusername = alice\n");
+        assert!(home.path().join(".st2/token-alice").exists());
+    }
+
+    #[tokio::test]
+    async fn login_needs_a_home_and_logout_a_token() {
+        let out = execute_in(cli(&["login", "alice", "-p", "pw"]), &|_: &str| None).await;
+        assert!(out.error.unwrap().contains("$HOME is not set"));
+        let home = tempfile::tempdir().unwrap();
+        let out = run_at_home(home.path(), &["logout"]).await;
+        assert!(out.error.unwrap().starts_with("not logged in"));
+    }
+
     #[test]
-    fn endpoint_precedence_is_flag_then_api_url_then_base_url() {
-        let e = |f, a, b| endpoints(f, a, b).unwrap();
-        assert_eq!(e(Some("http://a, http://b,"), Some("http://x"), None), ["http://a", "http://b"]);
-        assert_eq!(e(None, Some("http://x:9101/v1"), Some("http://y")), ["http://x:9101/v1"]);
-        assert_eq!(e(None, Some(" "), Some("http://y,http://z")), ["http://y", "http://z"]);
-        assert_eq!(e(None, None, None), ["http://127.0.0.1"]);
-        assert!(endpoints(Some(","), None, None).unwrap_err().contains("names no endpoint"));
+    fn the_401_hint_names_the_config_user_when_there_is_one() {
+        assert_eq!(login_hint(Some("alice")), "(log in with: st2kv login alice)");
+        assert_eq!(login_hint(None), "(log in with: st2kv login USER)");
     }
 
     #[test]
@@ -243,10 +454,9 @@ mod tests {
     #[tokio::test]
     async fn unreachable_cluster_is_one_clear_error() {
         // Port 1 on loopback: nothing listens there, so the connection is refused at once.
-        let cli =
-            Cli::try_parse_from(["st2kv", "--url", "http://127.0.0.1:1,127.0.0.1:2", "key", "get", "k"])
-                .unwrap();
-        let out = execute(cli).await;
+        let home = tempfile::tempdir().unwrap();
+        let out =
+            run_at_home(home.path(), &["--url", "http://127.0.0.1:1,127.0.0.1:2", "key", "get", "k"]).await;
         assert_eq!(out.code, 1);
         let err = out.error.unwrap();
         assert!(err.contains("no st2kv node reachable"), "{err}");
@@ -255,21 +465,12 @@ mod tests {
 
     #[tokio::test]
     async fn bad_load_files_fail_before_any_request() {
-        let dir = std::env::temp_dir().join(format!("st2kv-cli-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("broken.json");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broken.json");
         std::fs::write(&file, "[{\"name\": ").unwrap();
-        let cli = Cli::try_parse_from([
-            "st2kv",
-            "--url",
-            "http://127.0.0.1:1",
-            "key",
-            "load",
-            file.to_str().unwrap(),
-        ])
-        .unwrap();
-        let out = execute(cli).await;
-        std::fs::remove_dir_all(&dir).ok();
+        let out =
+            run_at_home(dir.path(), &["--url", "http://127.0.0.1:1", "key", "load", file.to_str().unwrap()])
+                .await;
         assert_eq!(out.code, 1);
         assert!(out.error.unwrap().contains("invalid JSON"));
     }

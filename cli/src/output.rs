@@ -5,6 +5,7 @@
 //! printed with an indent of 4 (Python's `json.dumps(docs, indent=4, sort_keys=True)`), YAML with
 //! serde_yaml, and tables with comfy-table in st2's `+---+` style.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use comfy_table::{ContentArrangement, Table};
@@ -30,6 +31,58 @@ pub const SET_ATTRS: &[&str] = &["name", "value", "scope", "user", "expire_times
 
 /// What table mode prints for an empty list (st2's words).
 pub const NO_ITEMS: &str = "No matching items found";
+
+/// Attributes holding a timestamp, which tables show as st2 does ([`human_time`]).
+pub const TIME_ATTRS: &[&str] = &["expire_timestamp", "expiry", "created_at", "token_expire"];
+
+/// A resource as a document: its attributes by name, sorted.
+pub type Doc = BTreeMap<String, Value>;
+
+/// `v` with the keys of every object, however deep, in sorted order (a no-op unless serde_json
+/// keeps insertion order, which another crate's features may ask for).
+fn sort_keys(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sort_keys(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sort_keys).collect()),
+        other => other,
+    }
+}
+
+/// Any resource of the API (a struct serializing to a JSON object) as a [`Doc`].
+pub fn to_doc(resource: &impl Serialize) -> Doc {
+    match serde_json::to_value(resource).map(sort_keys) {
+        Ok(Value::Object(m)) => m.into_iter().collect(),
+        _ => Doc::new(),
+    }
+}
+
+/// Only the `attrs` of `doc`.
+pub fn select(doc: Doc, attrs: &[&str]) -> Doc {
+    doc.into_iter().filter(|(k, _)| attrs.contains(&k.as_str())).collect()
+}
+
+/// One resource: a property/value table of the `attrs` it has, in that order, or the whole
+/// document as JSON/YAML.
+pub fn render_object(doc: &Doc, attrs: &[&str], fmt: Format) -> String {
+    match fmt {
+        Format::Json => to_json(doc),
+        Format::Yaml => to_yaml(doc),
+        Format::Table => {
+            let mut t = new_table();
+            t.set_header(vec!["Property", "Value"]);
+            for a in attrs {
+                if let Some(v) = doc.get(*a) {
+                    t.add_row(vec![a.to_string(), cell(a, Some(v))]);
+                }
+            }
+            t.to_string()
+        }
+    }
+}
 
 /// One attribute of a key, or `None` if the key does not have it.
 fn attr(kv: &KeyValuePair, name: &str) -> Option<Value> {
@@ -93,7 +146,7 @@ fn cell(attr: &str, v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => String::new(),
         Some(Value::Bool(b)) => if *b { "True" } else { "False" }.to_string(),
-        Some(Value::String(s)) if attr == "expire_timestamp" => human_time(s),
+        Some(Value::String(s)) if TIME_ATTRS.contains(&attr) => human_time(s),
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
     }
@@ -142,7 +195,10 @@ pub fn render_keys(kvs: &[KeyValuePair], attrs: &[&'static str], fmt: Format) ->
 
 /// A list of documents: JSON/YAML as they are, or a table with `columns` (st2 prints
 /// `No matching items found` instead of an empty table).
-pub fn render_rows(docs: &[BTreeMap<&'static str, Value>], columns: &[&'static str], fmt: Format) -> String {
+pub fn render_rows<K>(docs: &[BTreeMap<K, Value>], columns: &[&str], fmt: Format) -> String
+where
+    K: Borrow<str> + Ord + Serialize,
+{
     match fmt {
         Format::Json => to_json(&docs),
         Format::Yaml => to_yaml(&docs),
@@ -151,7 +207,7 @@ pub fn render_rows(docs: &[BTreeMap<&'static str, Value>], columns: &[&'static s
             let mut t = new_table();
             t.set_header(columns.to_vec());
             for d in docs {
-                t.add_row(columns.iter().map(|c| cell(c, d.get(c))).collect::<Vec<_>>());
+                t.add_row(columns.iter().map(|c| cell(c, d.get(*c))).collect::<Vec<_>>());
             }
             t.to_string()
         }
@@ -264,6 +320,45 @@ mod tests {
             "{one}"
         );
         assert!(!one.contains("| user "), "{one}");
+    }
+
+    #[test]
+    fn resources_render_as_property_tables_or_whole_documents() {
+        let key = st2kv_api::ApiKey {
+            id: "k1".into(),
+            uid: Some("********".into()),
+            user: "bob".into(),
+            key_hash: None,
+            key: Some("SECRET".into()),
+            metadata: serde_json::from_str(r#"{"z": 1, "a": "x"}"#).unwrap(),
+            created_at: Some("2026-01-02T03:04:05.000000Z".into()),
+            enabled: true,
+        };
+        let doc = to_doc(&key);
+        let json = render_object(&doc, &["id"], Format::Json);
+        assert!(
+            json.starts_with(
+                "{\n    \"created_at\": \"2026-01-02T03:04:05.000000Z\",\n    \"enabled\": true,"
+            ),
+            "{json}"
+        );
+        assert!(json.contains("\"metadata\": {\n        \"a\": \"x\",\n        \"z\": 1\n    }"), "{json}");
+        assert!(!json.contains("key_hash"), "{json}");
+        let table = render_object(&doc, &["id", "key", "metadata", "created_at", "key_hash"], Format::Table);
+        let rows: Vec<_> = table.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(rows.len(), 5, "{table}");
+        assert!(rows[1].starts_with("| id ") && rows[2].starts_with("| key "), "{table}");
+        assert!(table.contains(r#"{"a":"x","z":1}"#), "{table}");
+        assert!(table.contains("Fri, 02 Jan 2026 03:04:05 UTC"), "{table}");
+        assert_eq!(select(doc, &["id", "user"]).keys().collect::<Vec<_>>(), ["id", "user"]);
+
+        let users = [Doc::from([
+            ("name".to_string(), Value::from("bob")),
+            ("role".to_string(), Value::from("user")),
+        ])];
+        let table = render_rows(&users, &["name", "role", "enabled"], Format::Table);
+        assert!(table.contains("| bob ") && table.contains("| enabled "), "{table}");
+        assert_eq!(render_rows(&[] as &[Doc], &["name"], Format::Table), NO_ITEMS);
     }
 
     #[test]
