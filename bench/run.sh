@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Benchmark a fresh local 3-node st2kv cluster with st2kv-bench.
+#
+#   bench/run.sh [st2kv-bench flags...]
+#
+# Builds st2kv-node and st2kv-bench in release mode, starts three nodes on 127.0.1.1,
+# 127.0.1.2 and 127.0.1.3 (API :9101, auth :9100, peer :9300) with data in a temporary
+# directory, waits for a leader, runs st2kv-bench against them, then stops the nodes with
+# SIGTERM and removes the directory, also when something fails or on Ctrl-C.
+#
+# The cluster runs as shipped: authentication on, with a random cluster secret and a random
+# password for the bootstrap admin `st2admin`, which the bench logs in as. NO_AUTH=1 runs the
+# nodes with --insecure-no-auth instead (the cluster secret is still set).
+#
+# Every argument is passed to st2kv-bench and wins over the defaults here, e.g.
+#   bench/run.sh --duration 5
+#   bench/run.sh --workloads seq-put,put-follower-64,put-leader-64 --json > results.json
+#
+# Environment:
+#   CARGO_TARGET_DIR  where cargo builds (binaries in ${CARGO_TARGET_DIR:-target}/release)
+#   SMOKE=1           a quick check: 2 s per workload, 0.5 s warm-up
+#   NO_BUILD=1        use the binaries already built
+#   NO_AUTH=1         nodes run with --insecure-no-auth; the bench sends no credentials
+#   NODE_ARGS="..."   extra flags for every st2kv-node, e.g. NODE_ARGS=--no-fsync
+#   KEEP=1            keep the temporary directory (data and node logs)
+#   RUST_LOG          the nodes' log filter (default: the node's own, info)
+set -euo pipefail
+# A relative CARGO_TARGET_DIR means relative to where this script was started.
+if [ -n "${CARGO_TARGET_DIR:-}" ] && [ "${CARGO_TARGET_DIR#/}" = "$CARGO_TARGET_DIR" ]; then
+  export CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR"
+fi
+cd "$(dirname "$0")/.."
+
+target="${CARGO_TARGET_DIR:-target}"
+node_bin="$target/release/st2kv-node"
+bench_bin="$target/release/st2kv-bench"
+ips=(127.0.1.1 127.0.1.2 127.0.1.3)
+members="1=${ips[0]},2=${ips[1]},3=${ips[2]}"
+
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  echo "building release binaries into $target ..." >&2
+  cargo build --release -q -p st2kv-node -p st2kv-bench
+fi
+for b in "$node_bin" "$bench_bin"; do
+  [ -x "$b" ] || { echo "missing $b (build it, or unset NO_BUILD)" >&2; exit 1; }
+done
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/st2kv-bench.XXXXXX")"
+pids=()
+bench_pid=""
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$bench_pid" ]; then
+    kill -TERM "$bench_pid" 2>/dev/null || true
+    wait "$bench_pid" 2>/dev/null || true
+  fi
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "node pid $pid did not stop within 10 s of SIGTERM; killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$rc" != 0 ]; then
+    for i in 1 2 3; do
+      [ -f "$tmp/n$i.log" ] || continue
+      echo "--- last lines of node $i's log ---" >&2
+      tail -n 15 "$tmp/n$i.log" >&2 || true
+    done
+  fi
+  if [ "${KEEP:-0}" = 1 ]; then
+    echo "kept $tmp" >&2
+  else
+    rm -rf "$tmp"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+secret() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+secret >"$tmp/cluster-secret"
+admin_password="$(secret)"
+printf '%s\n' "$admin_password" >"$tmp/admin-password"
+chmod 600 "$tmp/cluster-secret" "$tmp/admin-password"
+
+read -r -a node_args <<<"${NODE_ARGS:-}"
+node_args+=(--cluster-secret-file "$tmp/cluster-secret")
+bench_env=()
+if [ "${NO_AUTH:-0}" = 1 ]; then
+  node_args+=(--insecure-no-auth)
+else
+  node_args+=(--admin-user st2admin --admin-password-file "$tmp/admin-password")
+  bench_env=(ST2KV_BENCH_USER=st2admin "ST2KV_BENCH_PASSWORD=$admin_password")
+fi
+for i in 1 2 3; do
+  ip="${ips[$((i - 1))]}"
+  NO_COLOR=1 "$node_bin" --id "$i" --data-dir "$tmp/n$i" \
+    --api-bind "$ip:9101" --auth-bind "$ip:9100" --peer-bind "$ip:9300" \
+    --initial-cluster "$members" "${node_args[@]}" >"$tmp/n$i.log" 2>&1 &
+  pids+=("$!")
+done
+
+urls="http://${ips[0]}:9101,http://${ips[1]}:9101,http://${ips[2]}:9101"
+echo "waiting for a leader ($urls) ..." >&2
+leader=""
+for _ in $(seq 1 150); do
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "a node exited during start-up" >&2; exit 1; }
+  done
+  if status="$(curl -fsS --max-time 2 "http://${ips[0]}:9101/v1/health/ready" 2>/dev/null)" &&
+    [[ "$status" =~ \"leader\":([0-9]+) ]]; then
+    leader="${BASH_REMATCH[1]}"
+    break
+  fi
+  sleep 0.1
+done
+[ -n "$leader" ] || { echo "no leader was elected within 15 s" >&2; exit 1; }
+echo "leader is node $leader" >&2
+
+smoke=()
+if [ "${SMOKE:-0}" = 1 ]; then
+  smoke=(--duration 2 --warmup 0.5)
+fi
+# Later flags win, so the caller's arguments override the SMOKE defaults. The bench runs in the
+# background so that a signal to this script runs the cleanup at once.
+env "${bench_env[@]}" "$bench_bin" --nodes "$urls" "${smoke[@]}" "$@" &
+bench_pid=$!
+bench_rc=0
+wait "$bench_pid" || bench_rc=$?
+bench_pid=""
+
+# Surface what the servers complained about during the run (colour codes stripped), leaving out
+# two expected notices: openraft's "vote changed" during the first election, and the
+# --insecure-no-auth warning.
+for i in 1 2 3; do
+  sed 's/\x1b\[[0-9;]*m//g' "$tmp/n$i.log" | grep -E '^[^ ]+ +(WARN|ERROR) ' |
+    grep -vE 'because vote changed|authentication is DISABLED' >"$tmp/n$i.warn" || true
+  n="$(wc -l <"$tmp/n$i.warn")"
+  if [ "$n" != 0 ]; then
+    echo "node $i logged $n warnings/errors; the first ones:" >&2
+    head -n 8 "$tmp/n$i.warn" | cut -c1-300 >&2
+  fi
+done
+exit "$bench_rc"
