@@ -207,6 +207,12 @@ pub async fn whoami(
 
 const MASK: &str = "********";
 
+/// `?show_secrets=` with StackStorm's boolean spellings.
+fn show_secrets(q: &HashMap<String, String>) -> bool {
+    q.get("show_secrets")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "y"))
+}
+
 fn render_key(k: &ApiKeyRec, show: bool) -> Value {
     let hash = if show { k.key_hash.clone() } else { MASK.to_string() };
     json!({
@@ -274,7 +280,7 @@ pub async fn get_apikey(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let req = authenticate(&app, &headers, &q, true).await?;
-    let show = req.admin && q.get("show_secrets").is_some_and(|v| v == "true");
+    let show = req.admin && show_secrets(&q);
     match find_key(&app, &req, &id)? {
         Some((k, _)) => Ok(Json(render_key(&k, show))),
         None => Err(ApiError::NotFound(format!("ApiKey matching {id} for reference and id not found."))),
@@ -371,7 +377,7 @@ pub async fn update_apikey(
         cond: Cond::Revision(rev),
     };
     match propose_aux(&app, cmd).await? {
-        Outcome::AuxPut { .. } => Ok(Json(render_key(&k, req.admin))),
+        Outcome::AuxPut { .. } => Ok(Json(render_key(&k, false))),
         Outcome::CondFailed { .. } => {
             Err(ApiError::Conflict("The API key changed concurrently; retry.".into()))
         }

@@ -461,6 +461,15 @@ pub fn st2_env(
 ) -> CliOutput {
     let node = cluster.node(i);
     let mut cmd = Command::new(cli);
+    cmd.args(args)
+        .env("ST2_API_URL", format!("http://{}/v1", node.api))
+        .env("ST2_AUTH_URL", format!("http://{}", node.auth))
+        .env("ST2_CLI_SKIP_CONFIG", "1")
+        .env("HOME", home)
+        .env("COLUMNS", "160")
+        .current_dir(home)
+        .stdin(Stdio::null());
+    // The caller's variables come last, so they can override (or, empty, remove) the defaults.
     for (k, v) in env {
         if v.is_empty() {
             cmd.env_remove(k);
@@ -468,17 +477,33 @@ pub fn st2_env(
             cmd.env(k, v);
         }
     }
-    let out = cmd
-        .args(args)
-        .env("ST2_API_URL", format!("http://{}/v1", node.api))
-        .env("ST2_AUTH_URL", format!("http://{}", node.auth))
-        .env("ST2_CLI_SKIP_CONFIG", "1")
-        .env("HOME", home)
-        .env("COLUMNS", "160")
-        .current_dir(home)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run st2");
+    let out = cmd.output().expect("run st2");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Run our `st2kv` CLI with a private HOME and the given environment (no inherited ST2_* vars).
+pub fn st2kv(home: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+    let mut cmd = Command::new(bin("st2kv"));
+    cmd.args(args).env("HOME", home).current_dir(home).stdin(Stdio::null());
+    for var in [
+        "ST2_BASE_URL",
+        "ST2_API_URL",
+        "ST2_AUTH_URL",
+        "ST2_AUTH_TOKEN",
+        "ST2_API_KEY",
+        "ST2_CONFIG_FILE",
+        "ST2_CLI_SKIP_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run st2kv");
     CliOutput {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
