@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::types::{
     ApiKey, ApiKeyRequest, ApiKeyUpdate, ErrorBody, KeyValuePair, KeyValuePairRequest, Token, User,
@@ -120,6 +120,41 @@ fn root_cause(e: &reqwest::Error) -> String {
         src = s.source();
     }
     cause
+}
+
+/// How long [`Client::reencrypt`] waits for the cluster to re-encrypt every secret.
+pub const REENCRYPT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// The answer to `POST /v1/keyring/reencrypt` ([`Client::reencrypt`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReencryptReport {
+    /// The id of the key every secret should now be under.
+    pub active_key: String,
+    /// How many secrets were under another key when the request started.
+    #[serde(default)]
+    pub total: u64,
+    /// How many of them were rewritten under the active key.
+    #[serde(default)]
+    pub reencrypted: u64,
+    /// How many were changed by someone else meanwhile (written under the then active key; a
+    /// later pass of the same request picks up any that still need it).
+    #[serde(default)]
+    pub changed_concurrently: u64,
+    /// Secrets that could not be decrypted, so were left as they are.
+    #[serde(default)]
+    pub failed: Vec<ReencryptFailure>,
+}
+
+/// One secret [`Client::reencrypt`] could not re-encrypt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReencryptFailure {
+    /// The key's name (with its owner, for a user-scoped key, as the server spells it).
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub error: String,
 }
 
 /// A client for one st2kv cluster, given the API endpoints of some of its nodes.
@@ -250,6 +285,20 @@ impl Client {
         Ok(())
     }
 
+    /// `POST /v1/keyring/reencrypt[?batch=N]` (admins only): have the cluster re-encrypt every
+    /// stored secret that is not under the keyring's active key, `batch` writes at a time (the
+    /// server's default is 100). Run it after a rotated keyring has been copied to every node, and
+    /// before retiring the old key. Safe to repeat: secrets already under the active key are left
+    /// alone. It may take a while on a large store, so this request may run for up to
+    /// [`REENCRYPT_TIMEOUT`] rather than the usual 30 seconds.
+    pub async fn reencrypt(&self, batch: Option<u32>) -> Result<ReencryptReport, ClientError> {
+        let q: Vec<(&str, String)> = batch.map(|b| ("batch", b.to_string())).into_iter().collect();
+        let (status, body) = self
+            .send_with_timeout(Method::POST, "keyring/reencrypt", &q, NO_BODY, Some(REENCRYPT_TIMEOUT))
+            .await?;
+        decode(status, &body.0)?.ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
     /// Send one request, moving to the next endpoint while nodes cannot be reached. Returns the
     /// status and body of the first node that answered.
     async fn send(
@@ -258,6 +307,18 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
         body: Option<&impl Serialize>,
+    ) -> Result<(StatusCode, bytes_body::Body), ClientError> {
+        self.send_with_timeout(method, path, query, body, None).await
+    }
+
+    /// [`Client::send`], with a whole-request `timeout` other than the client's own.
+    async fn send_with_timeout(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&impl Serialize>,
+        timeout: Option<Duration>,
     ) -> Result<(StatusCode, bytes_body::Body), ClientError> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
@@ -275,6 +336,9 @@ impl Client {
             }
             if let Some(b) = body {
                 rb = rb.json(b);
+            }
+            if let Some(t) = timeout {
+                rb = rb.timeout(t);
             }
             match rb.send().await {
                 Ok(resp) => {
@@ -745,5 +809,40 @@ mod tests {
         assert_eq!(me.username, "st2admin");
         assert_eq!(me.authentication.token_expire.as_deref(), Some("2026-12-04T15:28:25Z"));
         assert!(me.rbac.is_admin);
+    }
+
+    #[tokio::test]
+    async fn reencrypt_posts_the_batch_and_decodes_the_report() {
+        let (root, req) = serve_once(
+            "200 OK",
+            r#"{"active_key":"1a2b3c4d","total":3,"reencrypted":1,"changed_concurrently":1,"failed":[{"key":"alice:tok","scope":"st2kv.user","error":"the value failed its integrity check"}]}"#,
+        )
+        .await;
+        let client = Client::new(&[root]).unwrap().with_token(Some("adm".into()));
+        let r = client.reencrypt(Some(25)).await.unwrap();
+        assert_eq!(
+            r,
+            ReencryptReport {
+                active_key: "1a2b3c4d".into(),
+                total: 3,
+                reencrypted: 1,
+                changed_concurrently: 1,
+                failed: vec![ReencryptFailure {
+                    key: "alice:tok".into(),
+                    scope: "st2kv.user".into(),
+                    error: "the value failed its integrity check".into(),
+                }],
+            }
+        );
+        let req = req.await.unwrap();
+        assert!(req.starts_with("POST /v1/keyring/reencrypt?batch=25 HTTP/1.1\r\n"), "{req}");
+        assert!(req.to_ascii_lowercase().contains("x-auth-token: adm"), "{req}");
+
+        // Without a batch there is no query; refusals keep the server's status and message.
+        let (root, req) =
+            serve_once("403 Forbidden", r#"{"faultstring":"only admins may re-encrypt secrets"}"#).await;
+        let err = Client::new(&[root]).unwrap().reencrypt(None).await.unwrap_err();
+        assert_eq!(err.to_string(), "403: only admins may re-encrypt secrets");
+        assert!(req.await.unwrap().starts_with("POST /v1/keyring/reencrypt HTTP/1.1\r\n"));
     }
 }

@@ -22,7 +22,9 @@
 //! [`auth_url`] derives an auth root from an API endpoint), [`Client::whoami`],
 //! [`Client::revoke_token`], [`Client::apikeys`] (`/v1/apikeys`: [`ApiKey`], [`ApiKeyRequest`],
 //! [`ApiKeyUpdate`]) and [`Client::users`] (`/v1/users`, st2kv's own: [`User`], [`UserRequest`],
-//! [`UserUpdate`]). Credentials are set once per client with [`Client::with_token`] or
+//! [`UserUpdate`]), and [`Client::reencrypt`] (`POST /v1/keyring/reencrypt`, admins: re-encrypt
+//! every secret under the active key of the cluster's [`keyring`], answering a
+//! [`ReencryptReport`]). Credentials are set once per client with [`Client::with_token`] or
 //! [`Client::with_api_key`]:
 //!
 //! ```no_run
@@ -43,11 +45,12 @@
 //! CLI's business. A login goes to one auth root; trying several is up to the caller.
 
 mod client;
+pub mod keyring;
 mod types;
 
 pub use client::{
     auth_url, endpoint_url, tokens_url, ApiKeyListOptions, ApiKeys, Client, ClientError, DeleteOptions,
-    GetOptions, Keys, ListOptions, Users,
+    GetOptions, Keys, ListOptions, ReencryptFailure, ReencryptReport, Users, REENCRYPT_TIMEOUT,
 };
 /// The URL type of [`Client::endpoints`] and [`auth_url`] (reqwest's, re-exported so callers
 /// need not depend on reqwest).

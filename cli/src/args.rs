@@ -1,7 +1,7 @@
 //! The command line, as clap types. Flag names, short forms and defaults follow `st2 key ...`,
 //! `st2 login`, `st2 auth`, `st2 whoami` and `st2 apikey ...` (st2client 3.9.0,
-//! `../shared/st2-contract.md` §4) so muscle memory and scripts carry over; `user ...` and
-//! `logout` are st2kv's own. The few deliberate differences are listed in the crate documentation.
+//! `../shared/st2-contract.md` §4) so muscle memory and scripts carry over; `user ...`, `logout`,
+//! `keygen` and `key reencrypt` are st2kv's own. The few deliberate differences are listed in the crate documentation.
 
 use std::path::PathBuf;
 
@@ -108,6 +108,36 @@ pub enum Command {
     /// Manage user accounts (admins; users may change their own password).
     #[command(subcommand)]
     User(UserCommand),
+    /// Create, rotate or prune the keyring nodes encrypt secrets with (a local file; no server
+    /// or credentials needed).
+    #[command(after_help = "Key rotation: `st2kv keygen --rotate --key-path FILE`, copy FILE to every \
+                            node (each re-reads it within a second), run `st2kv key reencrypt`, and \
+                            only then `st2kv keygen --retire OLD_ID --key-path FILE` and copy FILE \
+                            again. A node refuses to start with a keyring lacking a key that a \
+                            stored secret needs.")]
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// The keyring file (JSON, written with mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub key_path: PathBuf,
+
+    /// Replace an existing file with a new keyring (its keys are lost, and with them every secret
+    /// encrypted with them).
+    #[arg(long, conflicts_with_all = ["rotate", "retire"])]
+    pub force: bool,
+
+    /// Add a new key to the existing keyring and make it the active one; older keys are kept so
+    /// existing secrets stay readable.
+    #[arg(long, conflicts_with = "retire")]
+    pub rotate: bool,
+
+    /// Remove a key that is no longer active from the existing keyring (after `st2kv key
+    /// reencrypt` has moved every secret off it).
+    #[arg(long, value_name = "KEY_ID")]
+    pub retire: Option<String>,
 }
 
 /// The roles a user may have.
@@ -269,6 +299,18 @@ pub enum KeyCommand {
                             `user`, `secret`, `encrypted`, `ttl` and `description` are optional, other \
                             fields are ignored. Every item is tried; the report never shows values.")]
     Load(LoadArgs),
+    /// Re-encrypt every secret under the keyring's active key (admins; after a rotation).
+    #[command(after_help = "Run it once the rotated keyring is on every node. Secrets already under \
+                            the active key are left alone, so it is safe to repeat. Exits 1 if any \
+                            secret could not be re-encrypted.")]
+    Reencrypt(ReencryptArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReencryptArgs {
+    /// Secrets rewritten per batch [default: the server's, 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: Option<u32>,
 }
 
 /// `-s/--scope` and `-u/--user` of the single-key commands.
@@ -660,6 +702,43 @@ mod tests {
         assert!(parse(&["user", "role", "bob"]).is_err());
         assert!(parse(&["user", "role", "bob", "superuser"]).is_err());
         assert!(parse(&["user", "delete"]).is_err());
+    }
+
+    #[test]
+    fn keygen_takes_a_path_and_one_of_force_rotate_retire() {
+        let Command::Keygen(k) = command(&["keygen", "--key-path", "/k.json"]) else { panic!() };
+        assert_eq!((k.key_path, k.force, k.rotate, k.retire), (PathBuf::from("/k.json"), false, false, None));
+        let Command::Keygen(k) = command(&["keygen", "--key-path", "k", "--force"]) else { panic!() };
+        assert!(k.force && !k.rotate);
+        let Command::Keygen(k) = command(&["keygen", "--rotate", "--key-path", "k"]) else { panic!() };
+        assert!(k.rotate && k.retire.is_none());
+        let Command::Keygen(k) = command(&["keygen", "--key-path=k", "--retire", "1a2b3c4d"]) else {
+            panic!()
+        };
+        assert_eq!((k.rotate, k.retire.as_deref()), (false, Some("1a2b3c4d")));
+        assert!(parse(&["keygen"]).is_err(), "--key-path is required");
+        assert!(parse(&["keygen", "--key-path", "k", "--retire"]).is_err(), "--retire needs an id");
+        for conflict in [
+            &["keygen", "--key-path", "k", "--rotate", "--retire", "1a2b3c4d"][..],
+            &["keygen", "--key-path", "k", "--rotate", "--force"],
+            &["keygen", "--key-path", "k", "--force", "--retire", "1a2b3c4d"],
+        ] {
+            assert_eq!(parse(conflict).unwrap_err().kind(), clap::error::ErrorKind::ArgumentConflict);
+        }
+    }
+
+    #[test]
+    fn reencrypt_takes_an_optional_positive_batch() {
+        let KeyCommand::Reencrypt(r) = key(&["key", "reencrypt"]) else { panic!() };
+        assert_eq!(r.batch, None);
+        let cli = parse(&["key", "reencrypt", "--batch", "500", "-j"]).unwrap();
+        assert!(cli.json);
+        let Command::Key(KeyCommand::Reencrypt(r)) = cli.command else { panic!() };
+        assert_eq!(r.batch, Some(500));
+        for bad in ["0", "-1", "many"] {
+            assert!(parse(&["key", "reencrypt", "--batch", bad]).is_err(), "{bad}");
+        }
+        assert!(parse(&["key", "reencrypt", "extra"]).is_err());
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::io::{IsTerminal, Read};
 use serde_json::Value;
 use st2kv_api::{Client, ClientError, DeleteOptions, GetOptions, KeyValuePairRequest, ListOptions, Url};
 
-use crate::args::{DeleteArgs, DeleteByPrefixArgs, GetArgs, KeyCommand, ListArgs, LoadArgs, SetArgs};
+use crate::args::{
+    DeleteArgs, DeleteByPrefixArgs, GetArgs, KeyCommand, ListArgs, LoadArgs, ReencryptArgs, SetArgs,
+};
 use crate::load;
 use crate::output::{self, Format};
 use crate::session::{Credentials, Settings};
@@ -127,6 +129,7 @@ pub async fn run(cmd: KeyCommand, cx: &Context<'_>) -> Outcome {
         KeyCommand::Delete(a) => delete(a, cx).await,
         KeyCommand::DeleteByPrefix(a) => delete_by_prefix(a, cx).await,
         KeyCommand::Load(a) => load_file(a, cx).await,
+        KeyCommand::Reencrypt(a) => reencrypt(a, cx).await,
     }
 }
 
@@ -339,6 +342,75 @@ async fn load_file(a: LoadArgs, cx: &Context<'_>) -> Outcome {
     }
 }
 
+/// Columns of the table of secrets `key reencrypt` could not re-encrypt.
+const REENCRYPT_FAILED_COLUMNS: &[&str] = &["key", "scope", "error"];
+
+async fn reencrypt(a: ReencryptArgs, cx: &Context<'_>) -> Outcome {
+    let report = match cx.client.reencrypt(a.batch).await {
+        Ok(r) => r,
+        Err(e @ ClientError::Transport(_)) => {
+            let mut out = Outcome::fail(cx.describe(&e));
+            out.hint = Some("(re-encryption is safe to repeat: run `st2kv key reencrypt` again)".into());
+            return out;
+        }
+        Err(e) => return Outcome::fail(cx.describe(&e)),
+    };
+    let stdout = render_reencrypt(&report, cx.format);
+    match report.failed.len() {
+        0 => Outcome::ok(stdout),
+        n => Outcome {
+            stdout,
+            error: Some(format!(
+                "{n} secret{} could not be re-encrypted; do not retire the key{} they were encrypted with",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "" } else { "s" },
+            )),
+            hint: None,
+            code: EXIT_FAILURE,
+        },
+    }
+}
+
+/// The answer of `POST /v1/keyring/reencrypt`: the whole document as JSON/YAML, else a sentence
+/// and a table of the secrets that failed.
+pub fn render_reencrypt(r: &st2kv_api::ReencryptReport, fmt: Format) -> String {
+    if fmt != Format::Table {
+        let doc = output::to_doc(r);
+        return if fmt == Format::Json { output::to_json(&doc) } else { output::to_yaml(&doc) };
+    }
+    let mut text = if r.total == 0 && r.reencrypted == 0 && r.failed.is_empty() {
+        format!("Every secret is already encrypted with the active key {}.", r.active_key)
+    } else {
+        let plural = if r.total == 1 { "" } else { "s" };
+        format!(
+            "Re-encrypted {} of {} secret{plural} with the active key {}.",
+            r.reencrypted, r.total, r.active_key
+        )
+    };
+    if r.changed_concurrently > 0 {
+        text.push_str(&format!(
+            " {} changed meanwhile and were left to their new writer.",
+            r.changed_concurrently
+        ));
+    }
+    if !r.failed.is_empty() {
+        let rows: Vec<BTreeMap<&str, Value>> = r
+            .failed
+            .iter()
+            .map(|f| {
+                BTreeMap::from([
+                    ("key", Value::String(f.key.clone())),
+                    ("scope", Value::String(f.scope.clone())),
+                    ("error", Value::String(f.error.clone())),
+                ])
+            })
+            .collect();
+        text.push_str("\nNot re-encrypted:\n");
+        text.push_str(&output::render_rows(&rows, REENCRYPT_FAILED_COLUMNS, Format::Table));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +420,44 @@ mod tests {
         assert_eq!(full_scope("system"), "st2kv.system");
         assert_eq!(full_scope("st2kv.user"), "st2kv.user");
         assert_eq!(full_scope("all"), "all");
+    }
+
+    #[test]
+    fn reencrypt_reports_read_as_sentences() {
+        use st2kv_api::{ReencryptFailure, ReencryptReport};
+        let none = ReencryptReport { active_key: "1a2b3c4d".into(), ..Default::default() };
+        assert_eq!(
+            render_reencrypt(&none, Format::Table),
+            "Every secret is already encrypted with the active key 1a2b3c4d."
+        );
+        let some = ReencryptReport { total: 3, reencrypted: 2, changed_concurrently: 1, ..none.clone() };
+        assert_eq!(
+            render_reencrypt(&some, Format::Table),
+            "Re-encrypted 2 of 3 secrets with the active key 1a2b3c4d. 1 changed meanwhile and were \
+             left to their new writer."
+        );
+        let failed = ReencryptReport {
+            total: 1,
+            failed: vec![ReencryptFailure {
+                key: "tok".into(),
+                scope: "st2kv.system".into(),
+                error: "bad".into(),
+            }],
+            ..none
+        };
+        let text = render_reencrypt(&failed, Format::Table);
+        assert!(text
+            .starts_with("Re-encrypted 0 of 1 secret with the active key 1a2b3c4d.\nNot re-encrypted:\n+"));
+        assert!(
+            text.contains("| tok ") && text.contains("| st2kv.system ") && text.contains("| bad "),
+            "{text}"
+        );
+        let json: Value = serde_json::from_str(&render_reencrypt(&failed, Format::Json)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"active_key": "1a2b3c4d", "total": 1, "reencrypted": 0, "changed_concurrently": 0,
+                               "failed": [{"key": "tok", "scope": "st2kv.system", "error": "bad"}]})
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! `st2kv key ...` does what `st2 key ...` does, and `login`, `auth`, `whoami` and `apikey ...`
 //! what st2's do (st2client 3.9.0, `../shared/st2-contract.md` §3–4), against any node of an
-//! st2kv cluster; `logout` and `user ...` are st2kv's own:
+//! st2kv cluster; `logout`, `user ...`, `keygen` and `key reencrypt` are st2kv's own:
 //!
 //! | command | request(s) |
 //! |---|---|
@@ -12,6 +12,8 @@
 //! | `key delete NAME [-s S] [-u U]` | `DELETE /v1/keys/NAME` |
 //! | `key delete_by_prefix -p P [-s S] [-u U]` | `GET /v1/keys?prefix=P&limit=-1`, then one DELETE per key |
 //! | `key load FILE [-c/--convert]` | one `PUT /v1/keys/NAME` per item of a JSON or YAML file |
+//! | `key reencrypt [--batch N]` | `POST /v1/keyring/reencrypt[?batch=N]` (admins) |
+//! | `keygen --key-path FILE [--force \| --rotate \| --retire KEY_ID]` | none: writes the local keyring file |
 //! | `login USER [-p PW] [-l TTL]` | `POST <auth>/tokens` (HTTP Basic, body `{}` or `{"ttl": N}`); caches the token |
 //! | `auth USER [-p PW] [-l TTL] [-t/--only-token]` | the same POST; prints the token, caches nothing |
 //! | `logout` | `DELETE /v1/tokens/TOKEN`, then deletes the cache file |
@@ -28,7 +30,25 @@
 //! server as typed; the server validates them and its 400 message is shown. Defaults are st2's:
 //! `system` for the single-key commands, `all` with a limit of 50 for `list` (`-n -1` lists
 //! everything). `-e` asks the server to encrypt (body `secret: true`); `--encrypted` sends
-//! ciphertext made with the server's key (body `encrypted: true`).
+//! ciphertext made with the server's key (body `encrypted: true`); `get`/`list -d` ask for
+//! plaintext (`?decrypt=true`, always sent as `true` or `false`).
+//!
+//! ## Secrets and the keyring ([`keygen`])
+//! Nodes encrypt secrets with a keyring file ([`st2kv_api::keyring`]), which `keygen` writes
+//! locally, needing no server, config or credentials (every global flag but `-j`/`-y` is ignored):
+//! `keygen --key-path FILE` creates one with a single active key (mode 0600, replaced atomically;
+//! an existing file only with `--force`) and prints `Wrote a new keyring to FILE (active key ID)`.
+//! Rotation is `keygen --rotate --key-path FILE` (adds a key and makes it active, keeping the old
+//! ones so existing ciphertexts stay readable), copying FILE to every node (they re-read it),
+//! `key reencrypt` (the cluster rewrites every secret not yet under the active key; safe to
+//! repeat, exit 1 if any secret could not be decrypted), and only then `keygen --retire OLD_ID`
+//! (refused for the active key or an id not in the file; ids in any case) and copying FILE again.
+//! Output shows key ids, never key material; with `-j`/`-y`, `keygen` prints
+//! `{key_path, active_key, key_ids[, added_key | retired_key]}` and `key reencrypt` the server's
+//! report (`{active_key, total, reencrypted, changed_concurrently, failed: [{key, scope, error}]}`).
+//! `key reencrypt` may run for up to 15 minutes ([`st2kv_api::REENCRYPT_TIMEOUT`]) instead of the
+//! usual 30 seconds. A `key list -j` dump loads back as it was: items with `encrypted: true`
+//! are sent as ciphertext (`secret`/`encrypted` are sent when true), not encrypted again.
 //!
 //! ## Talking to the cluster
 //! The endpoint is `--url`, else `$ST2_API_URL`, else `$ST2_BASE_URL`, else the config file's
@@ -118,14 +138,15 @@
 //!   never stores a password (st2's `login -w` is not offered), and never revokes tokens by itself:
 //!   `user passwd` leaves existing tokens working until they expire or are logged out.
 //! - It does not validate scopes, names or passwords (the server is the authority, and its 400
-//!   message is shown), nor encrypt anything itself (the server does).
+//!   message is shown), nor encrypt or decrypt any value itself: the server does, with the keyring
+//!   `keygen` writes, and `keygen` never contacts a server or copies the file to nodes.
 //! - `--api-version`, `--cacert` and `[credentials] basic_auth` are not supported.
 //!
 //! The binary (`main.rs`) only calls [`run`]; the pieces are [`args`] (the clap definitions),
 //! [`session`] (endpoints, auth URLs, credentials, password prompts), [`config`] (`~/.st2/config`
 //! and the token cache), [`commands`] (the `key` commands, each returning an
-//! [`commands::Outcome`]), [`accounts`] (everything else), [`load`] (the `key load` file) and
-//! [`output`] (tables, JSON, YAML).
+//! [`commands::Outcome`]), [`accounts`] (the account commands), [`keygen`] (the keyring file),
+//! [`load`] (the `key load` file) and [`output`] (tables, JSON, YAML).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -138,6 +159,7 @@ pub mod accounts;
 pub mod args;
 pub mod commands;
 pub mod config;
+pub mod keygen;
 pub mod load;
 pub mod output;
 pub mod session;
@@ -170,6 +192,15 @@ pub async fn execute(cli: Cli) -> Outcome {
 
 /// Run a parsed command line, reading environment variables (`$HOME` included) through `env`.
 pub async fn execute_in(cli: Cli, env: Env<'_>) -> Outcome {
+    let format = match (cli.json, cli.yaml) {
+        (true, _) => Format::Json,
+        (false, true) => Format::Yaml,
+        _ => Format::Table,
+    };
+    // `keygen` works on a local file: no config, endpoints or credentials, so none can fail it.
+    if let Command::Keygen(a) = &cli.command {
+        return keygen::run(a, format);
+    }
     let settings = match Settings::resolve(&cli, env) {
         Ok(s) => s,
         Err(e) => return Outcome::fail(e),
@@ -192,11 +223,6 @@ pub async fn execute_in(cli: Cli, env: Env<'_>) -> Outcome {
         }
     };
     let client = client.with_token(creds.token.clone()).with_api_key(creds.api_key.clone());
-    let format = match (cli.json, cli.yaml) {
-        (true, _) => Format::Json,
-        (false, true) => Format::Yaml,
-        _ => Format::Table,
-    };
     let cx = Context { client: &client, format, stale: cli.stale, settings: &settings, creds: &creds };
     // Credentials given on the command line or in the environment may be anybody's.
     let key_given = cli.api_key.as_deref().is_some_and(|k| !k.trim().is_empty());
@@ -213,6 +239,8 @@ pub async fn execute_in(cli: Cli, env: Env<'_>) -> Outcome {
         Command::Whoami => (accounts::whoami(&cx).await, true),
         Command::Apikey(cmd) => (accounts::apikey(cmd, &cx).await, true),
         Command::User(cmd) => (accounts::user(cmd, &cx).await, true),
+        // Handled before any of the above was set up; kept here so the match stays exhaustive.
+        Command::Keygen(a) => (keygen::run(&a, format), false),
     };
     if may_hint && outcome.error.as_deref().is_some_and(|e| e.starts_with("401:")) {
         outcome.hint = Some(login_hint(hint_user.as_deref()));
@@ -461,6 +489,119 @@ mod tests {
         let err = out.error.unwrap();
         assert!(err.contains("no st2kv node reachable"), "{err}");
         assert!(err.contains("http://127.0.0.1:1/v1/") && err.contains("http://127.0.0.1:2/v1/"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn keygen_needs_no_config_home_or_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("keyring.json");
+        let kp = key_path.to_str().unwrap();
+        let missing_cfg = dir.path().join("no-such-config");
+        let args = [
+            "--config-file",
+            missing_cfg.to_str().unwrap(),
+            "--url",
+            "http://127.0.0.1:1",
+            "keygen",
+            "--key-path",
+            kp,
+        ];
+        let out = execute_in(cli(&args), &|_: &str| None).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.starts_with(&format!("Wrote a new keyring to {kp} (active key ")), "{out:?}");
+        let out = execute_in(cli(&args), &|_: &str| None).await;
+        assert_eq!(out.code, 1);
+        assert!(out.error.unwrap().ends_with("already exists; pass --force to overwrite it"));
+        let out = execute_in(cli(&["keygen", "--rotate", "--key-path", kp, "-j"]), &|_: &str| None).await;
+        let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(doc["key_ids"].as_array().unwrap().len(), 2);
+        assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn reencrypt_reports_and_fails_on_secrets_it_could_not_rewrite() {
+        let home = tempfile::tempdir().unwrap();
+        let (url, requests) = mock(vec![
+            ("200 OK", r#"{"active_key":"0badcafe","total":2,"reencrypted":2,"changed_concurrently":0,"failed":[]}"#),
+            (
+                "200 OK",
+                r#"{"active_key":"0badcafe","total":2,"reencrypted":1,"changed_concurrently":0,"failed":[{"key":"db.pw","scope":"st2kv.system","error":"the value was encrypted with key 11111111, which this keyring does not hold"}]}"#,
+            ),
+            ("403 Forbidden", r#"{"faultstring":"Administrator access required"}"#),
+        ])
+        .await;
+        let out =
+            run_at_home(home.path(), &["--url", &url, "-t", "T", "key", "reencrypt", "--batch", "10"]).await;
+        assert_eq!(
+            (out.stdout.as_str(), out.error, out.code),
+            ("Re-encrypted 2 of 2 secrets with the active key 0badcafe.", None, 0)
+        );
+        let out = run_at_home(home.path(), &["--url", &url, "-t", "T", "key", "reencrypt", "-j"]).await;
+        assert_eq!(out.code, 1);
+        assert_eq!(
+            out.error.as_deref(),
+            Some("1 secret could not be re-encrypted; do not retire the key they were encrypted with")
+        );
+        let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(doc["failed"][0]["key"], "db.pw");
+        let out = run_at_home(home.path(), &["--url", &url, "-t", "T", "key", "reencrypt"]).await;
+        assert_eq!((out.error.as_deref(), out.code), (Some("403: Administrator access required"), 1));
+
+        let requests = requests.await.unwrap();
+        assert!(requests[0].starts_with("POST /v1/keyring/reencrypt?batch=10 HTTP/1.1"), "{}", requests[0]);
+        assert!(requests[0].contains("x-auth-token: T"), "{}", requests[0]);
+        assert!(requests[1].starts_with("POST /v1/keyring/reencrypt HTTP/1.1"), "{}", requests[1]);
+    }
+
+    #[tokio::test]
+    async fn secret_flags_reach_the_server() {
+        const KV: &str = r#"{"name":"k","value":"v","secret":true,"encrypted":true,"scope":"st2kv.system"}"#;
+        let home = tempfile::tempdir().unwrap();
+        let dump = home.path().join("dump.json");
+        std::fs::write(
+            &dump,
+            r#"[{"name": "sec", "value": "01AB", "secret": true, "encrypted": true, "scope": "st2kv.system"},
+                {"name": "plain", "value": "p", "secret": false, "encrypted": false, "scope": "st2kv.system"}]"#,
+        )
+        .unwrap();
+        let (url, requests) = mock(vec![
+            ("200 OK", KV),
+            ("200 OK", KV),
+            ("200 OK", KV),
+            ("200 OK", KV),
+            ("200 OK", "[]"),
+            ("200 OK", KV),
+            ("200 OK", KV),
+        ])
+        .await;
+        for args in [
+            &["key", "set", "k", "v", "-e"][..],
+            &["key", "set", "k", "01AB", "--encrypted"],
+            &["key", "set", "k", "v"],
+            &["key", "get", "k", "-d"],
+            &["key", "list", "--decrypt"],
+        ] {
+            let args: Vec<&str> = ["--url", url.as_str(), "-t", "T"].iter().chain(args).copied().collect();
+            let out = run_at_home(home.path(), &args).await;
+            assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        }
+        let out =
+            run_at_home(home.path(), &["--url", &url, "-t", "T", "key", "load", dump.to_str().unwrap()])
+                .await;
+        assert_eq!(out.code, 0, "{out:?}");
+        let r = requests.await.unwrap();
+        let body = |i: usize| r[i].split("\r\n\r\n").nth(1).unwrap().to_string();
+        assert_eq!(body(0), r#"{"name":"k","value":"v","scope":"system","secret":true}"#);
+        assert_eq!(body(1), r#"{"name":"k","value":"01AB","scope":"system","encrypted":true}"#);
+        assert_eq!(body(2), r#"{"name":"k","value":"v","scope":"system"}"#);
+        assert!(r[3].starts_with("GET /v1/keys/k?decrypt=true&scope=system HTTP/1.1"), "{}", r[3]);
+        assert!(r[4].starts_with("GET /v1/keys/?decrypt=true&scope=all&limit=50 HTTP/1.1"), "{}", r[4]);
+        // A `key list -j` dump of a secret loads as ciphertext, not as a value to encrypt again.
+        assert_eq!(
+            body(5),
+            r#"{"name":"sec","value":"01AB","scope":"st2kv.system","secret":true,"encrypted":true}"#
+        );
+        assert_eq!(body(6), r#"{"name":"plain","value":"p","scope":"st2kv.system"}"#);
     }
 
     #[tokio::test]

@@ -138,6 +138,17 @@ pub struct Config {
     #[arg(long, env = "ST2KV_LOGIN_WINDOW_SECS", default_value_t = 60)]
     pub login_window_secs: u64,
 
+    /// The keyring (`st2kv keygen --key-path FILE`) secrets are encrypted with. Without it the
+    /// node refuses secret writes and decryption, and serves everything else. Same file on every
+    /// node; re-read when it changes.
+    #[arg(long, env = "ST2KV_CRYPTO_KEY_PATH")]
+    pub crypto_key_path: Option<PathBuf>,
+
+    /// A StackStorm `datastore_key.json`: pre-encrypted values made by StackStorm with it are
+    /// verified and re-encrypted under our keyring when loaded (migration).
+    #[arg(long, env = "ST2KV_ST2_LEGACY_KEY_PATH")]
+    pub st2_legacy_key_path: Option<PathBuf>,
+
     /// Log format: `plain` or `json`.
     #[arg(long, env = "ST2KV_LOG_FORMAT", default_value = "plain")]
     pub log_format: String,

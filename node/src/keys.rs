@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::Value;
+use serde_json::{json, Value};
 use st2kv_api::KeyValuePair;
 use st2kv_raft::{Command, KeyId, Outcome, Record, Scope};
 
@@ -147,19 +147,46 @@ fn may_change(req: &Requester, key: &KeyId, verb: &str) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// Only an admin, or the owner of a user-scope key, may read a secret in plaintext.
+fn may_decrypt(req: &Requester, key: &KeyId) -> Result<(), ApiError> {
+    if req.admin || (key.scope == Scope::User && key.user == req.user) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("Decrypt option requires administrator access".into()))
+    }
+}
+
+/// The value to show for `r`: its plaintext when decryption was asked for (and is allowed).
+fn reveal(
+    app: &App,
+    req: &Requester,
+    key: &KeyId,
+    r: &Record,
+    decrypt: bool,
+) -> Result<Option<String>, ApiError> {
+    if !(decrypt && r.secret) {
+        return Ok(None);
+    }
+    may_decrypt(req, key)?;
+    let plain = app.secrets.decrypt(key, &r.value)?;
+    tracing::info!(target: "audit", user = %req.user, key = %key.key_ref(), scope = key.scope.as_str(), "secret decrypted");
+    Ok(Some(plain))
+}
+
 fn not_found(key: &KeyId) -> ApiError {
     ApiError::NotFound(format!("The key \"{}\" does not exist in the StackStorm datastore.", key.key_ref()))
 }
 
-/// Render a stored record as StackStorm's resource JSON.
-pub fn render(key: &KeyId, r: &Record) -> KeyValuePair {
+/// Render a stored record as StackStorm's resource JSON; `plaintext` is a decrypted secret.
+pub fn render(key: &KeyId, r: &Record, plaintext: Option<String>) -> KeyValuePair {
+    let encrypted = r.secret && plaintext.is_none();
     KeyValuePair {
         id: Some(r.id.clone()),
         uid: Some(format!("key_value_pair:{}:{}", key.scope.as_str(), key.key_ref())),
         name: key.name.clone(),
-        value: r.value.clone(),
+        value: plaintext.unwrap_or_else(|| r.value.clone()),
         secret: r.secret,
-        encrypted: r.secret,
+        encrypted,
         scope: Some(key.scope.as_str().to_string()),
         user: (key.scope == Scope::User).then(|| key.user.clone()),
         expire_timestamp: r.expire_at_ms.map(format_timestamp),
@@ -259,7 +286,9 @@ pub async fn list(
             }
             None => view.list(scope, user, prefix, offset as usize, limit, now)?,
         };
-        items.extend(found.iter().map(|(k, r)| render(k, r)));
+        for (k, r) in &found {
+            items.push(render(k, r, reveal(&app, &req, k, r, decrypt)?));
+        }
         Ok(())
     };
     if matches!(scope, ScopeSel::System | ScopeSel::All) {
@@ -281,14 +310,17 @@ pub async fn get(
     let p = Params(q);
     let req = authenticate(&app, &headers, &p.0, !p.stale(&headers)?).await?;
     let mut scope = one_scope(p.str("scope"), true)?;
-    let _decrypt = p.bool("decrypt")?;
+    let decrypt = p.bool("decrypt")?;
     if p.str("user").is_some() {
         scope = Scope::User;
     }
     let user = owner(&req, p.str("user"))?;
     let key = KeyId { scope, user: if scope == Scope::User { user } else { String::new() }, name };
     match app.cluster.view.get(&key, now_ms())? {
-        Some(r) => Ok(with_applied_header(&app, Json(render(&key, &r)).into_response())),
+        Some(r) => {
+            let plain = reveal(&app, &req, &key, &r, decrypt)?;
+            Ok(with_applied_header(&app, Json(render(&key, &r, plain)).into_response()))
+        }
         None => Err(not_found(&key)),
     }
 }
@@ -391,29 +423,56 @@ pub async fn put(
         )));
     }
     let user = owner(&req, asked_user.as_deref())?;
-    if secret || encrypted {
-        return Err(ApiError::BadRequest(format!(
-            "Crypto key not found in {}. Unable to encrypt / decrypt value for key {name}.",
-            app.limits.crypto_key_path
-        )));
-    }
     let key = KeyId { scope, user: if scope == Scope::User { user } else { String::new() }, name };
     may_change(&req, &key, "set")?;
+    // Secrets are encrypted here, before anything is proposed: only ciphertext is replicated.
+    let (value, secret) = if encrypted {
+        if req.rbac && !req.admin {
+            return Err(ApiError::Forbidden("Pre-encrypted option requires administrator access".into()));
+        }
+        (verify_pre_encrypted(&app, &key, value)?, true)
+    } else if secret {
+        let ring = app.secrets.require(&key.name)?;
+        (ring.encrypt(&value, &crate::secrets::key_aad(&key)), true)
+    } else {
+        (value, false)
+    };
     let now = now_ms();
     let expire_at_ms = (ttl > 0).then(|| now.saturating_add(ttl.saturating_mul(1000)));
     let cmd = Command::Put {
         key: key.clone(),
         value,
-        secret: false,
+        secret,
         description,
         expire_at_ms,
         now_ms: now,
         new_id: hex::encode(rand::random::<[u8; 12]>()),
+        cond: st2kv_raft::Cond::Always,
     };
     match app.cluster.propose(cmd).await? {
-        Outcome::Put { record, .. } => Ok(Json(render(&key, &record)).into_response()),
+        Outcome::Put { record, .. } => Ok(Json(render(&key, &record, None)).into_response()),
         other => Err(ApiError::Internal(format!("put answered {other:?}"))),
     }
+}
+
+/// A pre-encrypted value (what `key list -j` prints for a secret) is stored as-is only if it
+/// decrypts under this cluster's keyring for this very key; a StackStorm ciphertext that the
+/// configured legacy key verifies is re-encrypted under our keyring.
+fn verify_pre_encrypted(app: &App, key: &KeyId, value: String) -> Result<String, ApiError> {
+    let ring = app.secrets.require(&key.name)?;
+    let aad = crate::secrets::key_aad(key);
+    if ring.decrypt(&value, &aad).is_ok() {
+        return Ok(value);
+    }
+    if let Some(legacy) = &app.secrets.legacy {
+        if let Ok(plain) = legacy.decrypt(&value) {
+            return Ok(ring.encrypt(&plain, &aad));
+        }
+    }
+    Err(ApiError::BadRequest(format!(
+        "Failed to verify the integrity of the provided value for key \"{}\". Ensure that the value is encrypted with the correct key and not corrupted.",
+        key.name
+    )))
 }
 
 /// `DELETE /v1/keys/{name}`.
@@ -434,6 +493,83 @@ pub async fn delete(
         Outcome::NotFound => Err(not_found(&key)),
         other => Err(ApiError::Internal(format!("delete answered {other:?}"))),
     }
+}
+
+/// `POST /v1/keyring/reencrypt` (admin): re-encrypt every secret not under the active key, in
+/// batches through Raft. Each write is conditional on the revision that was read, so a
+/// concurrent change is never overwritten (it was written under the then active key anyway).
+pub async fn reencrypt(
+    State(app): State<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req = authenticate(&app, &headers, &q, true).await?;
+    req.require_admin("re-encrypt secrets")?;
+    app.secrets.reload_now();
+    let ring = app.secrets.require("(all secrets)")?;
+    let batch = Params(q).int("batch")?.unwrap_or(100).clamp(1, 10_000) as usize;
+    let (mut total, mut done, mut concurrent, mut failed) = (0usize, 0usize, 0usize, Vec::new());
+    // A few passes: a secret rewritten concurrently by a node that had not reloaded the keyring
+    // yet is picked up by the next pass.
+    for pass in 0..5 {
+        let stale: Vec<(KeyId, Record)> = app
+            .cluster
+            .view
+            .secrets()?
+            .into_iter()
+            .filter(|(_, r)| {
+                st2kv_api::keyring::Keyring::key_id_of(&r.value).as_deref() != Some(ring.active.as_str())
+            })
+            .collect();
+        if pass == 0 {
+            total = stale.len();
+        }
+        if stale.is_empty() {
+            break;
+        }
+        for chunk in stale.chunks(batch) {
+            let mut pending = Vec::new();
+            for (key, r) in chunk {
+                let aad = crate::secrets::key_aad(key);
+                let plain = match ring.decrypt(&r.value, &aad) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed.push(json!({"key": key.key_ref(), "scope": key.scope.as_str(), "error": e.to_string()}));
+                        continue;
+                    }
+                };
+                let cmd = Command::Put {
+                    key: key.clone(),
+                    value: ring.encrypt(&plain, &aad),
+                    secret: true,
+                    description: r.description.clone(),
+                    expire_at_ms: r.expire_at_ms,
+                    now_ms: now_ms(),
+                    new_id: r.id.clone(),
+                    cond: st2kv_raft::Cond::Revision(r.revision),
+                };
+                pending.push(app.cluster.propose(cmd));
+            }
+            for outcome in futures::future::join_all(pending).await {
+                match outcome? {
+                    Outcome::Put { .. } => done += 1,
+                    Outcome::CondFailed { .. } => concurrent += 1,
+                    other => return Err(ApiError::Internal(format!("re-encryption answered {other:?}"))),
+                }
+            }
+            tracing::info!(done, total, "re-encryption progress");
+        }
+        if !failed.is_empty() {
+            break;
+        }
+    }
+    Ok(Json(json!({
+        "active_key": ring.active,
+        "total": total,
+        "reencrypted": done,
+        "changed_concurrently": concurrent,
+        "failed": failed,
+    })))
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod secrets;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -56,8 +57,6 @@ use error::ApiError;
 pub struct Limits {
     pub max_name_bytes: usize,
     pub max_value_bytes: usize,
-    /// Where a crypto key would be read from; named in "Crypto key not found" errors.
-    pub crypto_key_path: String,
 }
 
 /// What every handler shares.
@@ -65,6 +64,7 @@ pub struct App {
     pub cluster: Arc<cluster::Cluster>,
     pub limits: Limits,
     pub auth: auth::AuthConfig,
+    pub secrets: secrets::Secrets,
     /// `host:port` of this node's API, as clients should see it.
     pub api_advertise: String,
 }
@@ -94,6 +94,7 @@ fn key_routes() -> Router<Arc<App>> {
             g(accounts::get_user).put(accounts::update_user).delete(accounts::delete_user),
         )
         .route("/tokens/{token}", axum::routing::delete(accounts::revoke_token))
+        .route("/keyring/reencrypt", axum::routing::post(keys::reencrypt))
         .route("/", p(keys::put_without_name))
 }
 
@@ -228,6 +229,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     let members = config.initial_members()?;
     let secret = config.cluster_secret()?;
     let admin_password = config.admin_password()?;
+    let secrets =
+        secrets::Secrets::load(config.crypto_key_path.clone(), config.st2_legacy_key_path.as_deref())?;
     anyhow::ensure!(config.node_id != 0, "--id must be at least 1");
     if config.insecure_no_auth {
         tracing::warn!("authentication is DISABLED (--insecure-no-auth): every request acts as the admin `stanley`, and peers are not authenticated unless a cluster secret is set");
@@ -273,6 +276,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
             config.admin_user
         );
     }
+    // Refuse to serve with a keyring that cannot read every stored secret (a key retired too
+    // early): better a clear start-up error than secrets that fail one read at a time.
+    if let Some(ring) = secrets.ring() {
+        let mut missing = std::collections::BTreeSet::new();
+        for (_, r) in store.view.secrets().map_err(|e| anyhow::anyhow!("scanning secrets: {e}"))? {
+            match st2kv_api::keyring::Keyring::key_id_of(&r.value) {
+                Some(id) if ring.has_key(&id) => {}
+                Some(id) => {
+                    missing.insert(id);
+                }
+                None => {
+                    missing.insert("(unrecognised ciphertext)".to_string());
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let _ = raft.shutdown().await;
+            anyhow::bail!(
+                "stored secrets need keys the keyring {} lacks: {}; restore those keys (st2kv key reencrypt before retiring)",
+                config.crypto_key_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                missing.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
     let cluster = cluster::Cluster::start(
         config.node_id,
         raft.clone(),
@@ -283,11 +310,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     );
     let app = Arc::new(App {
         cluster: cluster.clone(),
-        limits: Limits {
-            max_name_bytes: config.max_name_bytes,
-            max_value_bytes: config.max_value_bytes,
-            crypto_key_path: "the node's configuration (no --crypto-key-path given)".into(),
-        },
+        limits: Limits { max_name_bytes: config.max_name_bytes, max_value_bytes: config.max_value_bytes },
+        secrets,
         auth: auth::AuthConfig {
             enabled: !config.insecure_no_auth,
             token_ttl_s: config.token_ttl,

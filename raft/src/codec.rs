@@ -46,6 +46,7 @@ mod tests {
                         expire_at_ms: Some(9),
                         now_ms: 1,
                         new_id: "abc".into(),
+                        cond: Cond::Revision(3),
                     },
                 },
                 Op { id: None, cmd: Command::PurgeExpired { now_ms: 3 } },

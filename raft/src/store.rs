@@ -347,9 +347,13 @@ impl<'a> Overlay<'a> {
 /// Apply one command at log index `index`. Deterministic: reads only the batch and the command.
 fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome, StoreError> {
     Ok(match cmd {
-        Command::Put { key, value, secret, description, expire_at_ms, now_ms, new_id } => {
+        Command::Put { key, value, secret, description, expire_at_ms, now_ms, new_id, cond } => {
             let kvk = kv_key(key);
             let old = ov.record(&kvk)?;
+            let current = old.as_ref().filter(|o| !o.is_expired(*now_ms)).map(|o| o.revision);
+            if let Some(failed) = check_revision(*cond, current) {
+                return Ok(failed);
+            }
             if let Some(t) = old.as_ref().and_then(|o| o.expire_at_ms) {
                 ov.del(expiry_key(t, &kvk));
             }
@@ -443,10 +447,14 @@ fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome,
 
 /// `Some(CondFailed)` when `cond` does not hold for the record `old`.
 fn check_cond(cond: Cond, old: Option<&AuxRecord>) -> Option<Outcome> {
-    let current = old.map(|o| o.revision);
+    check_revision(cond, old.map(|o| o.revision))
+}
+
+/// `Some(CondFailed)` when `cond` does not hold for a record at revision `current`.
+fn check_revision(cond: Cond, current: Option<u64>) -> Option<Outcome> {
     let holds = match cond {
         Cond::Always => true,
-        Cond::Absent => old.is_none(),
+        Cond::Absent => current.is_none(),
         Cond::Revision(r) => current == Some(r),
     };
     (!holds).then_some(Outcome::CondFailed { current })
@@ -778,6 +786,22 @@ impl StateView {
             }
         }
         Ok(h)
+    }
+
+    /// Every stored secret (any scope, any owner), in key order. O(keys): for admin operations
+    /// such as re-encryption and start-up checks, never for serving requests.
+    pub fn secrets(&self) -> Result<Vec<(KeyId, Record)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.sm.scan_prefix([KV]) {
+            let (k, v) = item?;
+            let r: Record = decode(&v)?;
+            if r.secret {
+                if let Some(key) = layout::decode_kv_key(&k) {
+                    out.push((key, r));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Number of stored keys, expired-but-unpurged included.

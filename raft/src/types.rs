@@ -95,6 +95,8 @@ pub enum Command {
         now_ms: i64,
         /// The id to give the key if it does not exist yet.
         new_id: String,
+        /// A precondition on the key's current (live) revision: compare-and-set.
+        cond: Cond,
     },
     /// Remove a key; answers `NotFound` if it does not exist (or has expired at `now_ms`).
     Delete { key: KeyId, now_ms: i64 },

@@ -37,6 +37,7 @@ fn put(key: KeyId, value: &str, now_ms: i64) -> Command {
         expire_at_ms: None,
         now_ms,
         new_id: format!("id-{value}"),
+        cond: st2kv_raft::Cond::Always,
     }
 }
 
@@ -486,6 +487,7 @@ async fn an_installed_snapshot_replaces_the_whole_state_and_survives_a_reopen() 
                             expire_at_ms: None,
                             now_ms: T0,
                             new_id: "0123456789abcdef01234567".into(),
+                            cond: st2kv_raft::Cond::Always,
                         },
                     ),
                     op(expiring_at(put(KeyId::system("lock"), "held", T0), expires)),
@@ -678,4 +680,25 @@ async fn expiring_auxiliary_records_are_hidden_then_purged() {
     let left: Vec<String> =
         r.store.view.aux_list("tokens", "", T0).unwrap().into_iter().map(|(k, _)| k).collect();
     assert_eq!(left, vec!["h2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_with_a_revision_condition_is_compare_and_set() {
+    use st2kv_raft::Cond;
+    let mut r = Replica::new();
+    let k = KeyId::system("rotating");
+    let with = |cond: Cond, v: &str| {
+        let mut c = put(k.clone(), v, T0);
+        if let Command::Put { cond: c2, .. } = &mut c {
+            *c2 = cond;
+        }
+        c
+    };
+    assert!(matches!(r.run(T0, with(Cond::Absent, "v1")).await, Outcome::Put { created: true, .. }));
+    assert_eq!(r.run(T0, with(Cond::Absent, "v2")).await, Outcome::CondFailed { current: Some(1) });
+    assert_eq!(r.run(T0, with(Cond::Revision(7), "v3")).await, Outcome::CondFailed { current: Some(1) });
+    assert!(
+        matches!(r.run(T0, with(Cond::Revision(1), "v4")).await, Outcome::Put { record, .. } if record.revision == 4)
+    );
+    assert_eq!(r.value(&k, T0).as_deref(), Some("v4"));
 }

@@ -65,6 +65,10 @@ pub struct ClusterOptions {
     pub node_args: Vec<String>,
     /// Run without authentication (`--insecure-no-auth`) instead of the secure default.
     pub insecure: bool,
+    /// A keyring every node loads (`--crypto-key-path`).
+    pub keyring: Option<PathBuf>,
+    /// Route all peer traffic through recording proxies (see [`TestCluster::peer_traffic`]).
+    pub record_peers: bool,
 }
 
 /// The bootstrap admin every secure test cluster is created with.
@@ -74,6 +78,8 @@ pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 /// A cluster of node processes that are killed when it is dropped.
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
+    /// Every byte that crossed a recording peer proxy, both directions.
+    traffic: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     initial: String,
     secure: bool,
     dir: tempfile::TempDir,
@@ -110,7 +116,21 @@ impl TestCluster {
                 child: None,
             });
         }
-        let initial = nodes.iter().map(|n| format!("{}={}", n.id, n.peer)).collect::<Vec<_>>().join(",");
+        let traffic = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut advertised = Vec::new();
+        for n in nodes.iter_mut() {
+            if let Some(k) = &opts.keyring {
+                n.extra_args.extend(["--crypto-key-path".to_string(), k.display().to_string()]);
+            }
+            if opts.record_peers {
+                let proxy = start_recording_proxy(&n.ip, n.peer, traffic.clone()).await;
+                n.extra_args.extend(["--peer-advertise".to_string(), proxy.to_string()]);
+                advertised.push(format!("{}={}", n.id, proxy));
+            } else {
+                advertised.push(format!("{}={}", n.id, n.peer));
+            }
+        }
+        let initial = advertised.join(",");
         if !opts.insecure {
             std::fs::write(dir.path().join("admin-password"), format!("{ADMIN_PASSWORD}\n")).unwrap();
             std::fs::write(dir.path().join("cluster-secret"), format!("{:032x}\n", rand::random::<u128>()))
@@ -118,6 +138,7 @@ impl TestCluster {
         }
         let anon = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
         let mut c = TestCluster {
+            traffic,
             nodes,
             initial,
             secure: !opts.insecure,
@@ -180,6 +201,11 @@ impl TestCluster {
         } else {
             Err(format!("{status} {body}"))
         }
+    }
+
+    /// Every byte that crossed the recording peer proxies so far.
+    pub fn peer_traffic(&self) -> Vec<u8> {
+        self.traffic.lock().unwrap().clone()
     }
 
     /// A client without credentials.
@@ -509,4 +535,64 @@ pub fn st2kv(home: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// A TCP proxy on `ip` forwarding to `target`, appending every byte it carries to `record`.
+async fn start_recording_proxy(
+    ip: &str,
+    target: SocketAddr,
+    record: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("proxy listener");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                let (mut ri, mut wi) = inbound.into_split();
+                let (mut ro, mut wo) = outbound.into_split();
+                let rec = record.clone();
+                let up = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = ri.read(&mut buf).await {
+                        if n == 0 || wo.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = wo.shutdown().await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = ro.read(&mut buf).await {
+                    if n == 0 || wi.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = wi.shutdown().await;
+                let _ = up.await;
+            });
+        }
+    });
+    addr
+}
+
+/// Every byte of every file under `dir`.
+pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+    out
 }
