@@ -22,8 +22,10 @@
 //! users, token hashes and API-key hashes are replicated, access follows StackStorm with RBAC
 //! enabled (system keys readable by all, changed by admins; user keys private to their owner).
 //!
+//! Secrets are encrypted here ([`secrets`]), on the node that receives them, before anything is
+//! proposed; only ciphertext is replicated.
+//!
 //! ## What this crate deliberately does not do (yet)
-//! - Encryption: a secret write is refused with StackStorm's "Crypto key not found" message.
 //! - Membership changes after formation, metrics, backup and restore.
 //!
 //! Storage and consensus live in `st2kv-raft`; this crate holds no storage logic.
