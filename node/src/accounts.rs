@@ -126,6 +126,7 @@ pub async fn create_token(
     };
     if !ok {
         app.auth.limiter.failed(&user);
+        app.cluster.metrics.login_failures.inc();
         tracing::warn!(user = %user, "failed login");
         return Err(invalid_credentials());
     }

@@ -250,6 +250,19 @@ pub async fn authenticate(
     query: &HashMap<String, String>,
     fresh: bool,
 ) -> Result<Requester, ApiError> {
+    let result = authenticate_inner(app, headers, query, fresh).await;
+    if matches!(result, Err(ApiError::Unauthorized(_))) {
+        app.cluster.metrics.auth_failures.inc();
+    }
+    result
+}
+
+async fn authenticate_inner(
+    app: &App,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    fresh: bool,
+) -> Result<Requester, ApiError> {
     if !app.auth.enabled {
         if fresh {
             app.cluster.linearize().await?;

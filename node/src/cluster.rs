@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
-use st2kv_raft::network::{propose_local, PeerClient, PeerError};
+use st2kv_raft::network::{change_membership_local, propose_local, MembershipChange, PeerClient, PeerError};
 use st2kv_raft::store::StateView;
 use st2kv_raft::{Command, Node, Op, Outcome, Raft, Request, Response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -49,6 +49,7 @@ pub struct Cluster {
     peers: PeerClient,
     leader_wait: Duration,
     queue: mpsc::Sender<Pending>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Tunables of the write path.
@@ -65,10 +66,19 @@ impl Cluster {
         peers: PeerClient,
         leader_wait: Duration,
         batching: Batching,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Cluster> {
         let (queue, rx) = mpsc::channel(batching.max_ops.max(1) * batching.inflight.max(1) * 4);
-        let cluster =
-            Arc::new(Cluster { id, reads: Default::default(), raft, view, peers, leader_wait, queue });
+        let cluster = Arc::new(Cluster {
+            id,
+            reads: Default::default(),
+            raft,
+            view,
+            peers,
+            leader_wait,
+            queue,
+            metrics,
+        });
         tokio::spawn(batcher(Arc::downgrade(&cluster), rx, batching));
         cluster
     }
@@ -114,6 +124,7 @@ impl Cluster {
                     }
                 }
                 Some((id, node)) => {
+                    self.metrics.forwarded.inc();
                     let r = self.peers.forward_write(&node.rpc_addr, &req, remaining).await;
                     if let Err(e) = &r {
                         tracing::debug!(leader = id, error = %e, "forwarding a batch failed");
@@ -139,6 +150,7 @@ impl Cluster {
                 Err(PeerError::Unauthorized) => {
                     return Err(ApiError::Internal("the leader refused this node's cluster secret".into()))
                 }
+                Err(PeerError::Invalid(e)) => return Err(ApiError::Internal(e)),
             }
             if Instant::now() >= deadline {
                 return Err(if maybe_applied {
@@ -153,6 +165,34 @@ impl Cluster {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Carry out a membership change on the leader (forwarded there from a follower).
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ApiError> {
+        let deadline = Instant::now() + self.leader_wait;
+        let mut hint: Option<(u64, Node)> = None;
+        loop {
+            let result = match self.leader().or(hint.take()) {
+                Some((id, _)) if id == self.id => {
+                    change_membership_local(&self.raft, change.clone(), Duration::from_secs(60)).await
+                }
+                Some((_, node)) => {
+                    self.peers.change_membership(&node.rpc_addr, &change, Duration::from_secs(75)).await
+                }
+                None => Err(PeerError::NotLeader { leader: None }),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(PeerError::NotLeader { leader }) if Instant::now() < deadline => {
+                    hint = leader.filter(|(id, _)| *id != self.id);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(PeerError::Invalid(e)) => return Err(ApiError::BadRequest(e)),
+                Err(e) => {
+                    return Err(ApiError::Unavailable(format!("The membership change did not complete: {e}")))
+                }
+            }
         }
     }
 
@@ -252,11 +292,15 @@ async fn batcher(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<Pendi
         let Some(cluster) = cluster.upgrade() else { return };
         tokio::spawn(async move {
             let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.tx)).unzip();
+            let n = cmds.len();
             let req = Request {
                 proposed_at_ms: now_ms(),
                 ops: cmds.into_iter().map(|cmd| Op { id: Some(rand::random()), cmd }).collect(),
             };
-            match cluster.submit(req).await {
+            let started = Instant::now();
+            let result = cluster.submit(req).await;
+            cluster.metrics.observe_proposal(n, started.elapsed());
+            match result {
                 Ok(resp) => {
                     for (tx, outcome) in txs.into_iter().zip(resp.outcomes) {
                         let _ = tx.send(Ok(outcome));

@@ -48,6 +48,12 @@ pub struct Config {
     #[arg(long, env = "ST2KV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
 
+    /// Join an existing cluster through the peer address of any member (`HOST:PORT`): the node
+    /// asks to be added as a learner and is promoted to voter once it has caught up. Needs the
+    /// cluster secret. Only for a node with an empty data dir; ignored once it has joined.
+    #[arg(long, env = "ST2KV_JOIN")]
+    pub join: Option<String>,
+
     /// Shared secret every peer request must carry. Same value on every node.
     #[arg(long, env = "ST2KV_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,

@@ -25,8 +25,11 @@
 //! Secrets are encrypted here ([`secrets`]), on the node that receives them, before anything is
 //! proposed; only ciphertext is replicated.
 //!
+//! Operators get `/metrics` (Prometheus), `/v1/health/{live,ready}`, `/v1/cluster/status` and
+//! membership changes (`/v1/cluster/members`, or `--join` on a new node).
+//!
 //! ## What this crate deliberately does not do (yet)
-//! - Membership changes after formation, metrics, backup and restore.
+//! - Backup and restore.
 //!
 //! Storage and consensus live in `st2kv-raft`; this crate holds no storage logic.
 
@@ -36,6 +39,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod secrets;
 
 use std::collections::BTreeMap;
@@ -80,6 +84,8 @@ fn key_routes() -> Router<Arc<App>> {
         .route("/keys/{name}", g(keys::get).put(keys::put).delete(keys::delete))
         .route("/keys/{name}/", g(keys::get).put(keys::put).delete(keys::delete))
         .route("/cluster/status", get(status))
+        .route("/cluster/members", axum::routing::post(add_member))
+        .route("/cluster/members/{id}", axum::routing::delete(remove_member))
         .route("/health/live", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/health/ready", get(ready))
         .route("/user", get(accounts::whoami))
@@ -98,6 +104,70 @@ fn key_routes() -> Router<Arc<App>> {
         .route("/tokens/{token}", axum::routing::delete(accounts::revoke_token))
         .route("/keyring/reencrypt", axum::routing::post(keys::reencrypt))
         .route("/", p(keys::put_without_name))
+}
+
+/// `POST /v1/cluster/members` (admin) `{"id": N, "peer_addr": "host:port", "api_addr": "host:port"}`:
+/// add a node as a learner, promote it once caught up.
+async fn add_member(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req = auth::authenticate(&app, &headers, &q, true).await?;
+    req.require_admin("change the cluster's membership")?;
+    let doc: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("Failed to parse request body: {e}")))?;
+    let id = doc["id"]
+        .as_u64()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| ApiError::BadRequest("'id' must be a node id (1 or more)".into()))?;
+    let rpc_addr = doc["peer_addr"]
+        .as_str()
+        .filter(|a| a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()))
+        .ok_or_else(|| {
+            ApiError::BadRequest("'peer_addr' must be HOST:PORT of the node's peer listener".into())
+        })?
+        .to_string();
+    let api_addr = doc["api_addr"].as_str().unwrap_or_default().to_string();
+    app.cluster
+        .change_membership(st2kv_raft::network::MembershipChange::Add {
+            id,
+            node: Node { rpc_addr, api_addr },
+        })
+        .await?;
+    Ok(Json(json!({"added": id})))
+}
+
+/// `DELETE /v1/cluster/members/{id}` (admin): remove a voter or learner, the leader included.
+async fn remove_member(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let req = auth::authenticate(&app, &headers, &q, true).await?;
+    req.require_admin("change the cluster's membership")?;
+    app.cluster.change_membership(st2kv_raft::network::MembershipChange::Remove { id }).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Count every request by method, matched route and status.
+async fn count_requests(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    let labels = metrics::HttpLabels { method, route, status: resp.status().as_u16() };
+    app.cluster.metrics.http_requests.get_or_create(&labels).inc();
+    resp
 }
 
 /// The token routes, on the auth listener at `/` and `/v1`, and on the API at `/auth/v1`.
@@ -129,7 +199,23 @@ async fn method_not_allowed() -> axum::response::Response {
 
 /// The public API router.
 pub fn api_router(app: Arc<App>) -> Router {
+    let metrics_app = app.clone();
     Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let app = metrics_app.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        app.cluster.metrics.render(&app.cluster.raft),
+                    )
+                }
+            }),
+        )
         .nest("/v1", key_routes())
         .nest("/api/v1", key_routes())
         .merge(key_routes())
@@ -137,6 +223,7 @@ pub fn api_router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
         .with_state(app)
 }
 
@@ -166,7 +253,13 @@ async fn status(
         .nodes()
         .map(|(id, n)| {
             let voter = m.membership_config.membership().voter_ids().any(|v| v == *id);
-            json!({"id": id, "rpc_addr": n.rpc_addr, "api_addr": n.api_addr, "voter": voter})
+            let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+            let lag = m
+                .replication
+                .as_ref()
+                .map(|_| m.last_log_index.unwrap_or(0).saturating_sub(matched.unwrap_or(0)));
+            json!({"id": id, "rpc_addr": n.rpc_addr, "api_addr": n.api_addr, "voter": voter,
+                   "matched_index": matched, "lag": lag})
         })
         .collect();
     let mut body = json!({
@@ -179,6 +272,7 @@ async fn status(
         "snapshot_index": m.snapshot.map(|l| l.index),
         "purged_index": m.purged.map(|l| l.index),
         "ops_applied": view.ops_applied()?,
+        "millis_since_quorum_ack": m.millis_since_quorum_ack,
         "keys": view.key_count(),
         "members": members,
     });
@@ -267,7 +361,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         Raft::new(config.node_id, raft_config, Network::new(peers.clone()), store.log, store.state_machine)
             .await
             .map_err(|e| anyhow::anyhow!("cannot start Raft: {e}"))?;
-    let initializer = members.iter().map(|(id, _)| *id).min().unwrap_or(config.node_id) == config.node_id;
+    let initializer = config.join.is_none()
+        && members.iter().map(|(id, _)| *id).min().unwrap_or(config.node_id) == config.node_id;
     let fresh = !raft.is_initialized().await.map_err(|e| anyhow::anyhow!("raft: {e}"))?;
     if fresh && initializer && !config.insecure_no_auth && admin_password.is_none() {
         let _ = raft.shutdown().await;
@@ -306,9 +401,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         config.node_id,
         raft.clone(),
         store.view,
-        peers,
+        peers.clone(),
         Duration::from_millis(config.leader_wait_ms),
         cluster::Batching { max_ops: config.batch_max, inflight: config.batch_inflight },
+        Arc::new(metrics::Metrics::new()),
     );
     let app = Arc::new(App {
         cluster: cluster.clone(),
@@ -333,7 +429,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     let api_srv = serve(api_l, api_router(app.clone()), stop_rx.clone());
     let auth_srv = serve(auth_l, auth_router(app.clone()), stop_rx);
 
-    bootstrap(&raft, &config, &members).await?;
+    let joiner = match (&config.join, fresh) {
+        (Some(addr), true) => Some(tokio::spawn(join(peers, addr.clone(), config.node_id, me_node(&config)))),
+        _ => {
+            bootstrap(&raft, &config, &members).await?;
+            None
+        }
+    };
     // Any node that was given admin credentials makes sure the admin exists (create-if-absent,
     // so a password changed later through the API is never overwritten).
     let admin_task = match (&admin_password, config.insecure_no_auth) {
@@ -370,6 +472,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         }
     }
     sweeper.abort();
+    if let Some(t) = joiner {
+        t.abort();
+    }
     if let Some(t) = admin_task {
         t.abort();
     }
@@ -383,6 +488,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     Ok(())
 }
 
+fn me_node(config: &Config) -> Node {
+    Node { rpc_addr: config.peer_advertise(), api_addr: config.api_advertise() }
+}
+
+/// Ask the cluster at `addr` (any member's peer address) to add this node, following "not the
+/// leader" hints, until it succeeds (bounded: two minutes).
+async fn join(peers: PeerClient, addr: String, id: u64, me: Node) {
+    use st2kv_raft::network::{MembershipChange, PeerError};
+    let change = MembershipChange::Add { id, node: me };
+    let mut target = addr.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while tokio::time::Instant::now() < deadline {
+        match peers.change_membership(&target, &change, Duration::from_secs(75)).await {
+            Ok(()) => {
+                tracing::info!(via = %target, "joined the cluster");
+                return;
+            }
+            Err(PeerError::NotLeader { leader: Some((_, n)) }) => target = n.rpc_addr,
+            Err(e) => {
+                tracing::warn!(via = %target, error = %e, "joining failed; retrying");
+                target = addr.clone();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    tracing::error!("could not join the cluster through {addr} within two minutes");
+}
+
 /// Form the cluster on first start: the lowest founding id initializes it with every founding
 /// member (a single node with no `--initial-cluster` initializes itself). A node that already
 /// has state does nothing; "already initialized" is success.
@@ -390,7 +523,7 @@ async fn bootstrap(raft: &Raft, config: &Config, members: &[(u64, String)]) -> a
     if raft.is_initialized().await.map_err(|e| anyhow::anyhow!("raft: {e}"))? {
         return Ok(());
     }
-    let me = Node { rpc_addr: config.peer_advertise(), api_addr: config.api_advertise() };
+    let me = me_node(config);
     let mut nodes = BTreeMap::new();
     if members.is_empty() {
         nodes.insert(config.node_id, me);

@@ -8,6 +8,7 @@
 //! | `/raft/snapshot` | `InstallSnapshotRequest` (one chunk) | `Result<InstallSnapshotResponse, RaftError<InstallSnapshotError>>` |
 //! | `/raft/write` | `Request` (a batch, from a follower) | `Result<Response, PeerError>` |
 //! | `/raft/read_index` | `()` | `Result<Option<LogId>, PeerError>` |
+//! | `/raft/membership` | `MembershipChange` | `Result<(), PeerError>` (adds catch up as learners first) |
 //!
 //! Every request carries the cluster secret (when one is configured) in `x-st2kv-peer-secret`;
 //! the server compares it in constant time and answers 401 without it. The same `PeerClient`
@@ -67,6 +68,18 @@ pub enum PeerError {
     /// The peer refused our credentials.
     #[error("peer refused the cluster secret")]
     Unauthorized,
+    /// The request cannot succeed as asked (e.g. removing an unknown member).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A change of cluster membership, carried out on the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a node: first as a learner, promoted to voter once it has caught up.
+    Add { id: NodeId, node: Node },
+    /// Remove a voter or learner (the leader too).
+    Remove { id: NodeId },
 }
 
 /// An HTTP client for everything node-to-node, cheap to clone.
@@ -160,6 +173,16 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Option<LogId<NodeId>>, PeerError> {
         self.peer_call(addr, "/raft/read_index", &(), timeout).await
+    }
+
+    /// Ask the node at `addr` (the leader) to carry out a membership change.
+    pub async fn change_membership(
+        &self,
+        addr: &str,
+        change: &MembershipChange,
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
+        self.peer_call(addr, "/raft/membership", change, timeout).await
     }
 
     async fn peer_call<Req: Serialize, Resp: DeserializeOwned>(
@@ -290,6 +313,7 @@ pub fn peer_router(raft: Raft, secret: Option<String>) -> Router {
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/write", post(write))
         .route("/raft/read_index", post(read_index))
+        .route("/raft/membership", post(membership))
         // Snapshot chunks and large appends exceed axum's 2 MB default (pitfall P6).
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(PeerState { raft, secret: secret.map(Arc::from) })
@@ -359,6 +383,85 @@ async fn read_index(State(s): State<PeerState>, headers: HeaderMap, body: Bytes)
         Err(RaftError::Fatal(e)) => Err(PeerError::Fatal(e.to_string())),
     };
     bincode_reply(&answer)
+}
+
+async fn membership(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    let change = guard!(s, headers, body, MembershipChange);
+    bincode_reply(&change_membership_local(&s.raft, change, Duration::from_secs(60)).await)
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> PeerError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            PeerError::NotLeader { leader: f.leader_id.zip(f.leader_node) }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => PeerError::Invalid(e.to_string()),
+        RaftError::Fatal(e) => PeerError::Fatal(e.to_string()),
+    }
+}
+
+/// Carry out a membership change on this node, which must be the leader. An added node joins as
+/// a learner and is promoted to voter only once its matched log index has reached the leader's
+/// last log index (openraft's blocking `add_learner` returns earlier: pitfall P8), within
+/// `catch_up`.
+pub async fn change_membership_local(
+    raft: &Raft,
+    change: MembershipChange,
+    catch_up: Duration,
+) -> Result<(), PeerError> {
+    use std::collections::BTreeSet;
+    let voters = |raft: &Raft| -> BTreeSet<NodeId> {
+        raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+    };
+    match change {
+        MembershipChange::Add { id, node } => {
+            if voters(raft).contains(&id) {
+                return Ok(());
+            }
+            raft.add_learner(id, node, false).await.map_err(write_error)?;
+            let deadline = tokio::time::Instant::now() + catch_up;
+            loop {
+                let caught_up = {
+                    let m = raft.metrics().borrow().clone();
+                    let target = m.last_log_index;
+                    let matched =
+                        m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
+                    matched.is_some() && matched >= target
+                };
+                if caught_up {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(PeerError::Unavailable(format!(
+                        "node {id} joined as a learner but did not catch up within {catch_up:?}; it stays a learner"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut v = voters(raft);
+            v.insert(id);
+            raft.change_membership(v, false).await.map_err(write_error)?;
+            Ok(())
+        }
+        MembershipChange::Remove { id } => {
+            let m = raft.metrics().borrow().membership_config.clone();
+            let membership = m.membership();
+            if membership.get_node(&id).is_none() {
+                return Err(PeerError::Invalid(format!("node {id} is not a member of this cluster")));
+            }
+            let mut v = voters(raft);
+            if v.remove(&id) {
+                if v.is_empty() {
+                    return Err(PeerError::Invalid("cannot remove the last voter".into()));
+                }
+                raft.change_membership(v, false).await.map_err(write_error)?;
+            } else {
+                let remove = openraft::ChangeMembers::RemoveNodes([id].into_iter().collect());
+                raft.change_membership(remove, false).await.map_err(write_error)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Propose `req` through this node's Raft, translating openraft's errors into [`PeerError`].
