@@ -299,6 +299,55 @@ impl Client {
         decode(status, &body.0)?.ok_or_else(|| ClientError::Decode("empty body".into()))
     }
 
+    /// `GET /v1/cluster/status` (admins): the answering node's view of the cluster.
+    pub async fn cluster_status(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, "cluster/status", &[], NO_BODY)
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
+    /// `POST /v1/cluster/members` (admins): add node `id` (learner first, voter once caught up).
+    pub async fn add_member(&self, id: u64, peer_addr: &str, api_addr: &str) -> Result<(), ClientError> {
+        let body = serde_json::json!({"id": id, "peer_addr": peer_addr, "api_addr": api_addr});
+        let (status, b) = self
+            .send_with_timeout(
+                Method::POST,
+                "cluster/members",
+                &[],
+                Some(&body),
+                Some(Duration::from_secs(120)),
+            )
+            .await?;
+        decode::<serde_json::Value>(status, &b.0)?;
+        Ok(())
+    }
+
+    /// `DELETE /v1/cluster/members/{id}` (admins).
+    pub async fn remove_member(&self, id: u64) -> Result<(), ClientError> {
+        let (status, b) = self
+            .send_with_timeout(
+                Method::DELETE,
+                &format!("cluster/members/{id}"),
+                &[],
+                NO_BODY,
+                Some(Duration::from_secs(120)),
+            )
+            .await?;
+        decode::<serde_json::Value>(status, &b.0)?;
+        Ok(())
+    }
+
+    /// `GET /v1/cluster/snapshot` (admins): a backup file (header line + snapshot data).
+    pub async fn snapshot(&self) -> Result<Vec<u8>, ClientError> {
+        let (status, b) = self
+            .send_with_timeout(Method::GET, "cluster/snapshot", &[], NO_BODY, Some(Duration::from_secs(600)))
+            .await?;
+        if !status.is_success() {
+            decode::<serde_json::Value>(status, &b.0)?;
+        }
+        Ok(b.0)
+    }
+
     /// Send one request, moving to the next endpoint while nodes cannot be reached. Returns the
     /// status and body of the first node that answered.
     async fn send(

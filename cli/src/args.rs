@@ -108,6 +108,12 @@ pub enum Command {
     /// Manage user accounts (admins; users may change their own password).
     #[command(subcommand)]
     User(UserCommand),
+    /// Inspect and change the cluster's membership (admins).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Back up the cluster (admins).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Create, rotate or prune the keyring nodes encrypt secrets with (a local file; no server
     /// or credentials needed).
     #[command(after_help = "Key rotation: `st2kv keygen --rotate --key-path FILE`, copy FILE to every \
@@ -219,6 +225,36 @@ pub struct ApikeyListArgs {
 pub struct ApikeyIdArgs {
     /// The key's id (or the key itself).
     pub id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, voters and learners, leader, term, log and applied index, replication lag.
+    Status,
+    /// Add a node: it joins as a learner and becomes a voter once caught up.
+    Add {
+        /// The new node's id.
+        id: u64,
+        /// HOST:PORT of its peer listener.
+        peer_addr: String,
+        /// HOST:PORT of its API listener (shown in status).
+        #[arg(long, default_value = "")]
+        api_addr: String,
+    },
+    /// Remove a node (the leader too); stop it afterwards.
+    Remove {
+        /// The node's id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a consistent snapshot (with a checksum) to FILE; restore with `st2kv-node --restore-from FILE`.
+    Save {
+        /// Where to write the backup.
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -161,6 +161,7 @@ pub mod commands;
 pub mod config;
 pub mod keygen;
 pub mod load;
+mod ops;
 pub mod output;
 pub mod session;
 
@@ -239,6 +240,8 @@ pub async fn execute_in(cli: Cli, env: Env<'_>) -> Outcome {
         Command::Whoami => (accounts::whoami(&cx).await, true),
         Command::Apikey(cmd) => (accounts::apikey(cmd, &cx).await, true),
         Command::User(cmd) => (accounts::user(cmd, &cx).await, true),
+        Command::Cluster(cmd) => (ops::cluster(cmd, &cx).await, true),
+        Command::Snapshot(cmd) => (ops::snapshot(cmd, &cx).await, true),
         // Handled before any of the above was set up; kept here so the match stays exhaustive.
         Command::Keygen(a) => (keygen::run(&a, format), false),
     };

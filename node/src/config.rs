@@ -54,6 +54,12 @@ pub struct Config {
     #[arg(long, env = "ST2KV_JOIN")]
     pub join: Option<String>,
 
+    /// Seed an empty data dir from a backup made by `st2kv snapshot save` (checksum verified)
+    /// before starting, like `etcdutl snapshot restore`. Give the same file to every founding node
+    /// of the new cluster. Ignored, with a warning, once the data dir holds a store.
+    #[arg(long, env = "ST2KV_RESTORE_FROM")]
+    pub restore_from: Option<PathBuf>,
+
     /// Shared secret every peer request must carry. Same value on every node.
     #[arg(long, env = "ST2KV_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,

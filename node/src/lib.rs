@@ -28,8 +28,11 @@
 //! Operators get `/metrics` (Prometheus), `/v1/health/{live,ready}`, `/v1/cluster/status` and
 //! membership changes (`/v1/cluster/members`, or `--join` on a new node).
 //!
+//! Backups: `GET /v1/cluster/snapshot` streams a consistent snapshot with a SHA-256 checksum
+//! (secrets stay ciphertext); `--restore-from FILE` seeds a new cluster's nodes from it.
+//!
 //! ## What this crate deliberately does not do (yet)
-//! - Backup and restore.
+//! - Incremental backups, or restoring into a running cluster.
 //!
 //! Storage and consensus live in `st2kv-raft`; this crate holds no storage logic.
 
@@ -85,6 +88,7 @@ fn key_routes() -> Router<Arc<App>> {
         .route("/keys/{name}/", g(keys::get).put(keys::put).delete(keys::delete))
         .route("/cluster/status", get(status))
         .route("/cluster/members", axum::routing::post(add_member))
+        .route("/cluster/snapshot", get(backup))
         .route("/cluster/members/{id}", axum::routing::delete(remove_member))
         .route("/health/live", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/health/ready", get(ready))
@@ -150,6 +154,75 @@ async fn remove_member(
     req.require_admin("change the cluster's membership")?;
     app.cluster.change_membership(st2kv_raft::network::MembershipChange::Remove { id }).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// The first line of a backup file; the snapshot data follows it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct BackupHeader {
+    pub format: String,
+    pub last_log_index: u64,
+    pub last_log_term: u64,
+    pub bytes: usize,
+    pub sha256: String,
+}
+
+const BACKUP_FORMAT: &str = "st2kv-snapshot-v1";
+
+/// `GET /v1/cluster/snapshot` (admin): a snapshot that includes every write acknowledged before
+/// the call (a fresh one is built if the last is older), as a header line and the data.
+async fn backup(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use sha2::Digest;
+    let req = auth::authenticate(&app, &headers, &q, true).await?;
+    req.require_admin("take backups")?;
+    let target = app.cluster.view.applied()?.map(|l| l.index).unwrap_or(0);
+    let have = app.cluster.view.current_snapshot()?.map(|(i, _, _)| i).unwrap_or(0);
+    if have < target || have == 0 {
+        app.cluster.raft.trigger().snapshot().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        app.cluster
+            .raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(|m| m.snapshot.map(|l| l.index).unwrap_or(0) >= target.max(1), "backup snapshot")
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the snapshot was not built in time: {e}")))?;
+    }
+    let (index, term, data) = app
+        .cluster
+        .view
+        .current_snapshot()?
+        .ok_or_else(|| ApiError::Unavailable("no snapshot available".into()))?;
+    let header = BackupHeader {
+        format: BACKUP_FORMAT.into(),
+        last_log_index: index,
+        last_log_term: term,
+        bytes: data.len(),
+        sha256: hex::encode(sha2::Sha256::digest(&data)),
+    };
+    let mut body = serde_json::to_vec(&header).expect("header JSON");
+    body.push(b'\n');
+    body.extend_from_slice(&data);
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// Verify a backup file and return its snapshot data.
+pub fn read_backup(bytes: &[u8]) -> anyhow::Result<(BackupHeader, &[u8])> {
+    use sha2::Digest;
+    let nl = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| anyhow::anyhow!("not an st2kv backup (no header)"))?;
+    let header: BackupHeader =
+        serde_json::from_slice(&bytes[..nl]).map_err(|e| anyhow::anyhow!("not an st2kv backup: {e}"))?;
+    anyhow::ensure!(header.format == BACKUP_FORMAT, "unsupported backup format {:?}", header.format);
+    let data = &bytes[nl + 1..];
+    anyhow::ensure!(data.len() == header.bytes, "backup truncated: {} of {} bytes", data.len(), header.bytes);
+    let sum = hex::encode(sha2::Sha256::digest(data));
+    anyhow::ensure!(sum == header.sha256, "backup checksum mismatch (corrupted file)");
+    Ok((header, data))
 }
 
 /// Count every request by method, matched route and status.
@@ -339,6 +412,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    if let Some(file) = &config.restore_from {
+        if config.data_dir.join("sled").exists() {
+            tracing::warn!(file = %file.display(), "the data dir already holds a store; ignoring --restore-from");
+        } else {
+            let bytes = std::fs::read(file)
+                .map_err(|e| anyhow::anyhow!("cannot read backup {}: {e}", file.display()))?;
+            let (header, data) =
+                read_backup(&bytes).map_err(|e| anyhow::anyhow!("backup {}: {e}", file.display()))?;
+            let n = st2kv_raft::store::seed(&config.data_dir, data)
+                .map_err(|e| anyhow::anyhow!("restoring {} failed: {e}", file.display()))?;
+            tracing::info!(entries = n, index = header.last_log_index, "data dir seeded from backup");
+        }
+    }
     let store = st2kv_raft::store::open(&config.data_dir, !config.no_fsync)
         .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
     let disk = store.disk.clone();

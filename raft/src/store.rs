@@ -107,7 +107,7 @@ pub fn open(dir: &Path, durable: bool) -> Result<Store, StoreError> {
             meta: db.open_tree("raft_meta")?,
         },
         state_machine: StateMachine { disk, sm: sm.clone(), snap: db.open_tree("snapshot")? },
-        view: StateView { sm },
+        view: StateView { sm, snap: db.open_tree("snapshot")? },
     })
 }
 
@@ -672,6 +672,35 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// Seed a brand-new store under `dir` with the state-machine data of a snapshot (a backup), like
+/// `etcdutl snapshot restore`: the data becomes the initial state, with no log, vote or
+/// membership, so the node then forms (or joins) a cluster as usual. Every founding node of the
+/// restored cluster is seeded from the same backup, so they start identical.
+pub fn seed(dir: &Path, data: &[u8]) -> Result<usize, StoreError> {
+    let pairs: SnapshotPairs = decode(data)?;
+    let store = open(dir, true)?;
+    let db = &store.disk.db;
+    let sm = db.open_tree("sm")?;
+    let log = db.open_tree("raft_log")?;
+    let meta = db.open_tree("raft_meta")?;
+    if !sm.is_empty() || !log.is_empty() || !meta.is_empty() {
+        return Err(StoreError::Io(std::io::Error::other(format!(
+            "{} already holds data; restore only into an empty data dir",
+            dir.display()
+        ))));
+    }
+    let n = pairs.len();
+    let mut b = sled::Batch::default();
+    for (k, v) in pairs {
+        if !is_raft_meta(&k) {
+            b.insert(k, v);
+        }
+    }
+    sm.apply_batch(b)?;
+    db.flush()?;
+    Ok(n)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reads
 
@@ -681,6 +710,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 #[derive(Clone)]
 pub struct StateView {
     sm: sled::Tree,
+    snap: sled::Tree,
 }
 
 impl StateView {
@@ -802,6 +832,17 @@ impl StateView {
             }
         }
         Ok(out)
+    }
+
+    /// The last snapshot this node built or received: `(last log index, last log term, data)`,
+    /// where data is what [`seed`] takes. `None` before the first snapshot.
+    pub fn current_snapshot(&self) -> Result<Option<(u64, u64, Vec<u8>)>, StoreError> {
+        let (Some(m), Some(d)) = (self.snap.get(SNAP_META)?, self.snap.get(SNAP_DATA)?) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta<NodeId, Node> = decode(&m)?;
+        let (index, term) = meta.last_log_id.map(|l| (l.index, l.leader_id.term)).unwrap_or((0, 0));
+        Ok(Some((index, term, d.to_vec())))
     }
 
     /// Number of stored keys, expired-but-unpurged included.
