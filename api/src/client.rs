@@ -400,6 +400,13 @@ impl Client {
                     failures.push(format!("{}: {}", self.endpoints[idx], root_cause(&e)));
                     continue;
                 }
+                // A GET, or a PUT (a replace: sending it twice leaves the same state), that failed
+                // mid-way (a node restarting under it) is tried on the next node. DELETE and POST
+                // are not: their second attempt would not answer like the first.
+                Err(e) if (method == Method::GET || method == Method::PUT) && i + 1 < n => {
+                    failures.push(format!("{}: {}", self.endpoints[idx], root_cause(&e)));
+                    continue;
+                }
                 Err(e) => return Err(ClientError::Transport(format!("{url}: {e}"))),
             }
         }

@@ -15,7 +15,9 @@
 //! ```
 //!
 //! A client is given one or more node endpoints; a request that cannot reach a node (connection
-//! refused, or no answer before it was sent) moves on to the next, so any live node serves it.
+//! refused, or no answer before it was sent) moves on to the next, so any live node serves it. A
+//! GET or PUT whose connection breaks mid-way (a node restarting) is also tried on the next node:
+//! a PUT replaces the whole key, so a second delivery leaves the same state.
 //!
 //! Besides keys, it speaks the account API of `../shared/st2-contract.md` §3:
 //! [`Client::login`] (`POST <auth>/tokens` with HTTP Basic credentials, answering a [`Token`];
@@ -40,8 +42,8 @@
 //!
 //! ## What this crate deliberately does not do
 //! It does not depend on axum, sled or openraft, and holds no server logic: it is what the CLI and
-//! other Rust programs link. It never retries a request that reached a node, because a write that
-//! timed out may still have been applied. It keeps no files: caching tokens in `~/.st2` is the
+//! other Rust programs link. It never retries a DELETE or POST that reached a node, because one
+//! that timed out may still have been applied. It keeps no files: caching tokens in `~/.st2` is the
 //! CLI's business. A login goes to one auth root; trying several is up to the caller.
 
 mod client;
