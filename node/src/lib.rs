@@ -436,7 +436,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         keep_after_snapshot: config.snapshot_keep,
     };
     let raft_config = Arc::new(tuning.to_config(&config.cluster_name).map_err(|e| anyhow::anyhow!(e))?);
-    let peers = PeerClient::new(secret.clone());
+    let local_ip = Some(config.peer_bind.ip()).filter(|ip| !ip.is_unspecified());
+    let peers = PeerClient::new(secret.clone(), local_ip);
 
     // Bind everything before Raft starts, so a port clash fails fast and cleanly.
     let api_l = bind(config.api_bind, "API").await?;

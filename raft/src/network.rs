@@ -97,8 +97,11 @@ enum PostError {
 }
 
 impl PeerClient {
-    pub fn new(secret: Option<String>) -> Self {
+    /// `local_ip`: the address outgoing peer connections come from (the node's own peer address,
+    /// so peers, firewalls and tests can tell nodes apart); `None` lets the kernel choose.
+    pub fn new(secret: Option<String>, local_ip: Option<std::net::IpAddr>) -> Self {
         let http = reqwest::Client::builder()
+            .local_address(local_ip)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)

@@ -10,6 +10,8 @@
 //! check what only a running cluster can show (replication, failover, durability, snapshots,
 //! and the real clients).
 
+pub mod linearizability;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,6 +46,8 @@ pub struct TestNode {
     pub peer: SocketAddr,
     pub data_dir: PathBuf,
     pub extra_args: Vec<String>,
+    /// For a node added after formation: the peer address it joins through.
+    pub join: Option<String>,
     child: Option<Child>,
 }
 
@@ -80,6 +84,8 @@ pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     /// Every byte that crossed a recording peer proxy, both directions.
     traffic: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Peer links cut by [`TestCluster::partition`]: (source IP, destination node id).
+    cut: Cut,
     initial: String,
     secure: bool,
     dir: tempfile::TempDir,
@@ -113,17 +119,19 @@ impl TestCluster {
                 ip,
                 data_dir: dir.path().join(format!("n{i}")),
                 extra_args: opts.node_args.clone(),
+                join: None,
                 child: None,
             });
         }
         let traffic = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cut: Cut = Default::default();
         let mut advertised = Vec::new();
         for n in nodes.iter_mut() {
             if let Some(k) = &opts.keyring {
                 n.extra_args.extend(["--crypto-key-path".to_string(), k.display().to_string()]);
             }
             if opts.record_peers {
-                let proxy = start_recording_proxy(&n.ip, n.peer, traffic.clone()).await;
+                let proxy = start_recording_proxy(&n.ip, n.peer, traffic.clone(), n.id, cut.clone()).await;
                 n.extra_args.extend(["--peer-advertise".to_string(), proxy.to_string()]);
                 advertised.push(format!("{}={}", n.id, proxy));
             } else {
@@ -138,6 +146,7 @@ impl TestCluster {
         }
         let anon = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
         let mut c = TestCluster {
+            cut,
             traffic,
             nodes,
             initial,
@@ -203,6 +212,44 @@ impl TestCluster {
         }
     }
 
+    /// Cut the peer links between the groups (node indexes); links inside a group stay. Needs
+    /// `record_peers` (peer traffic goes through the proxies) and distinct node IPs.
+    pub fn partition(&self, groups: &[&[usize]]) {
+        let mut cut = self.cut.lock().unwrap();
+        cut.clear();
+        for (gi, g) in groups.iter().enumerate() {
+            for (hi, h) in groups.iter().enumerate() {
+                if gi == hi {
+                    continue;
+                }
+                for a in g.iter() {
+                    for b in h.iter() {
+                        cut.insert((self.node(*a).ip.parse().unwrap(), *b as u64));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Restore every peer link.
+    pub fn heal(&self) {
+        self.cut.lock().unwrap().clear();
+    }
+
+    /// SIGSTOP node `i` (a pause: it keeps its sockets but does nothing).
+    pub fn pause(&self, i: usize) {
+        if let Some(c) = &self.nodes[i - 1].child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
+    /// SIGCONT node `i`.
+    pub fn resume(&self, i: usize) {
+        if let Some(c) = &self.nodes[i - 1].child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+        }
+    }
+
     /// Every byte that crossed the recording peer proxies so far.
     pub fn peer_traffic(&self) -> Vec<u8> {
         self.traffic.lock().unwrap().clone()
@@ -246,7 +293,10 @@ impl TestCluster {
             .args(["--api-bind", &node.api.to_string()])
             .args(["--auth-bind", &node.auth.to_string()])
             .args(["--peer-bind", &node.peer.to_string()])
-            .args(["--initial-cluster", &initial])
+            .args(match &node.join {
+                Some(addr) => vec!["--join".to_string(), addr.clone()],
+                None => vec!["--initial-cluster".to_string(), initial],
+            })
             .args(&secret_args)
             .args(&node.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
@@ -256,6 +306,50 @@ impl TestCluster {
             .spawn()
             .expect("spawn st2kv-node");
         node.child = Some(child);
+    }
+
+    /// Start a new node that joins the running cluster through node `via`'s peer listener, and
+    /// return its index once its API answers (it becomes a voter once it has caught up).
+    pub async fn add_joining_node(&mut self, via: usize) -> usize {
+        let i = self.nodes.len() + 1;
+        let ip = self.nodes[0].ip.rsplit_once('.').map(|(net, _)| format!("{net}.{i}")).unwrap();
+        let ip = if TcpListener::bind((ip.as_str(), 0)).is_ok() { ip } else { "127.0.0.1".to_string() };
+        let port = |ip: &str| SocketAddr::new(ip.parse().unwrap(), free_port(ip));
+        let template = self.nodes[0].extra_args.clone();
+        // The founding nodes' per-node flags (peer advertise for proxies) do not apply here.
+        let mut extra = Vec::new();
+        let mut it = template.into_iter();
+        while let Some(a) = it.next() {
+            if a == "--peer-advertise" {
+                it.next();
+            } else {
+                extra.push(a);
+            }
+        }
+        let via_addr = self.nodes[via - 1].peer.to_string();
+        self.nodes.push(TestNode {
+            id: i as u64,
+            api: port(&ip),
+            auth: port(&ip),
+            peer: port(&ip),
+            ip,
+            data_dir: self.dir.path().join(format!("n{i}")),
+            extra_args: extra,
+            join: Some(via_addr),
+            child: None,
+        });
+        self.spawn(i);
+        self.wait_api(i, Duration::from_secs(20)).await;
+        i
+    }
+
+    /// The voters of the current membership, as node `i` sees them.
+    pub async fn voters(&self, i: usize) -> Vec<u64> {
+        let s = self.status(i).await.unwrap_or_default();
+        s["members"]
+            .as_array()
+            .map(|m| m.iter().filter(|n| n["voter"] == true).filter_map(|n| n["id"].as_u64()).collect())
+            .unwrap_or_default()
     }
 
     pub fn node(&self, i: usize) -> &TestNode {
@@ -537,27 +631,41 @@ pub fn st2kv(home: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
     }
 }
 
-/// A TCP proxy on `ip` forwarding to `target`, appending every byte it carries to `record`.
+/// Cut peer links: (source IP, destination node id).
+type Cut = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(std::net::IpAddr, u64)>>>;
+
+/// A TCP proxy on `ip` forwarding to `target` (node `node`'s peer listener), appending every byte
+/// it carries to `record`, and dropping connections from sources cut off from `node`.
 async fn start_recording_proxy(
     ip: &str,
     target: SocketAddr,
     record: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    node: u64,
+    cut: Cut,
 ) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("proxy listener");
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
+        while let Ok((inbound, from)) = listener.accept().await {
             let record = record.clone();
+            let is_cut = {
+                let cut = cut.clone();
+                move || cut.lock().unwrap().contains(&(from.ip(), node))
+            };
+            if is_cut() {
+                continue; // dropped: the connection closes at once
+            }
             tokio::spawn(async move {
                 let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
                 let (mut ri, mut wi) = inbound.into_split();
                 let (mut ro, mut wo) = outbound.into_split();
                 let rec = record.clone();
+                let up_cut = is_cut.clone();
                 let up = tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
                     while let Ok(n) = ri.read(&mut buf).await {
-                        if n == 0 || wo.write_all(&buf[..n]).await.is_err() {
+                        if n == 0 || up_cut() || wo.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
                         rec.lock().unwrap().extend_from_slice(&buf[..n]);
@@ -566,7 +674,7 @@ async fn start_recording_proxy(
                 });
                 let mut buf = vec![0u8; 64 * 1024];
                 while let Ok(n) = ro.read(&mut buf).await {
-                    if n == 0 || wi.write_all(&buf[..n]).await.is_err() {
+                    if n == 0 || is_cut() || wi.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
                     record.lock().unwrap().extend_from_slice(&buf[..n]);
