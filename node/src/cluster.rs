@@ -50,6 +50,9 @@ pub struct Cluster {
     leader_wait: Duration,
     queue: mpsc::Sender<Pending>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Free MiB in the data dir's file system (updated by [`disk_watch`]), and the reserve.
+    pub free_mb: std::sync::atomic::AtomicU64,
+    pub min_free_mb: std::sync::atomic::AtomicU64,
 }
 
 /// Tunables of the write path.
@@ -78,6 +81,8 @@ impl Cluster {
             leader_wait,
             queue,
             metrics,
+            free_mb: std::sync::atomic::AtomicU64::new(u64::MAX),
+            min_free_mb: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(batcher(Arc::downgrade(&cluster), rx, batching));
         cluster
@@ -98,6 +103,15 @@ impl Cluster {
 
     /// Replicate `cmd` and return what applying it did.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (free, min) = (self.free_mb.load(Relaxed), self.min_free_mb.load(Relaxed));
+        // A purge of expired keys frees space: let it through.
+        if free < min && !matches!(cmd, Command::PurgeExpired { .. }) {
+            return Err(ApiError::InsufficientStorage(format!(
+                "Node {} has {free} MiB free in its data dir, below its reserve of {min} MiB: writes are refused until space is freed.",
+                self.id
+            )));
+        }
         let (tx, rx) = oneshot::channel();
         self.queue
             .send(Pending { cmd, tx })
@@ -337,4 +351,32 @@ pub async fn ttl_sweeper(cluster: Arc<Cluster>, every: Duration) {
             Err(e) => tracing::warn!(error = %e, "reading the expiry index failed"),
         }
     }
+}
+
+/// Watch the free space of the data dir's file system, for [`Cluster::propose`]'s reserve check.
+pub async fn disk_watch(cluster: Arc<Cluster>, dir: std::path::PathBuf, min_free_mb: u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    cluster.min_free_mb.store(min_free_mb, Relaxed);
+    let mut warned = false;
+    loop {
+        if let Some(free) = free_mb(&dir) {
+            cluster.free_mb.store(free, Relaxed);
+            if free < min_free_mb && !warned {
+                tracing::error!(free_mb = free, min_free_mb, "data dir is low on space: refusing writes");
+            } else if free >= min_free_mb && warned {
+                tracing::info!(free_mb = free, "data dir has space again: accepting writes");
+            }
+            warned = free < min_free_mb;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn free_mb(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a valid, writable statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (rc == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) / (1024 * 1024))
 }

@@ -161,6 +161,11 @@ pub struct Config {
     #[arg(long, env = "ST2KV_ST2_LEGACY_KEY_PATH")]
     pub st2_legacy_key_path: Option<PathBuf>,
 
+    /// Refuse writes (507) while the data dir's file system has less than this many MiB free,
+    /// so the node never runs out of space mid-append; writes resume when space returns.
+    #[arg(long, env = "ST2KV_MIN_FREE_MB", default_value_t = 64)]
+    pub min_free_mb: u64,
+
     /// Log format: `plain` or `json`.
     #[arg(long, env = "ST2KV_LOG_FORMAT", default_value = "plain")]
     pub log_format: String,

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The write may or may not have been applied: read before retrying.
     #[error("{0}")]
     OutcomeUnknown(String),
+    /// Free disk space first: this node's data dir is below its reserve.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Page someone: storage failed under us.
     #[error("{0}")]
     Internal(String),
@@ -48,6 +51,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -539,6 +539,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     };
     let sweeper =
         tokio::spawn(cluster::ttl_sweeper(cluster.clone(), Duration::from_millis(config.ttl_sweep_ms)));
+    let disk_watch =
+        tokio::spawn(cluster::disk_watch(cluster.clone(), config.data_dir.clone(), config.min_free_mb));
     tracing::info!(
         id = config.node_id,
         api = %config.api_bind,
@@ -559,6 +561,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         }
     }
     sweeper.abort();
+    disk_watch.abort();
     if let Some(t) = joiner {
         t.abort();
     }
