@@ -150,3 +150,59 @@ async fn histories_stay_linearizable_under_partitions_crashes_and_pauses() {
     );
     assert!(verdict.ok, "not linearizable:\n{verdict}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_stay_linearizable_while_membership_goes_from_three_to_five_and_back() {
+    let mut c = TestCluster::start(3).await;
+    let history = History::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let urls: Vec<String> = (1..=3).map(|i| c.url(i)).collect();
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            tokio::spawn(client_loop(id, urls.clone(), c.admin_token.clone(), history.clone(), stop.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!("[nemesis] growing to five");
+    c.add_joining_node(1).await;
+    c.add_joining_node(2).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.voters(1).await.len() != 5 {
+        assert!(Instant::now() < deadline, "never reached five voters");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Shrink back to three, the leader first, then one more of the original nodes.
+    let leader = c.wait_for_leader(Duration::from_secs(10)).await;
+    let removed = [leader, (1..=3).find(|i| *i != leader).unwrap()];
+    for victim in removed {
+        let via = (1..=5).find(|i| !removed.contains(i)).unwrap();
+        eprintln!("[nemesis] removing node {victim} through node {via}");
+        let r = c.http().delete(format!("{}/v1/cluster/members/{victim}", c.url(via))).send().await.unwrap();
+        assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+        c.kill(victim);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    c.wait_converged(Duration::from_secs(30)).await;
+    let survivors: Vec<usize> = (1..=5).filter(|i| !removed.contains(i)).collect();
+    for i in survivors {
+        let client = c.client(i);
+        for k in 0..KEYS {
+            let key = format!("k{k}");
+            let op = history.invoke(100 + i, &key, OpKind::Read);
+            match client.keys().get(&key, &GetOptions::default()).await {
+                Ok(kv) => op.complete(OpResult::ReadOk(Some(kv.value))),
+                Err(e) if e.is_not_found() => op.complete(OpResult::ReadOk(None)),
+                Err(e) => panic!("final read of {key} on node {i} failed: {e}"),
+            }
+        }
+    }
+    let ops = history.ops();
+    let verdict = check(&ops);
+    eprintln!("[nemesis] membership: {} ops: {verdict}", ops.len());
+    assert!(ops.iter().filter(|o| o.result == OpResult::WriteOk).count() > 30);
+    assert!(verdict.ok, "not linearizable:\n{verdict}");
+}
