@@ -10,8 +10,12 @@
 //! | `/raft/read_index` | `()` | `Result<Option<LogId>, PeerError>` |
 //! | `/raft/membership` | `MembershipChange` | `Result<(), PeerError>` (adds catch up as learners first) |
 //!
-//! Every request carries the cluster secret (when one is configured) in `x-st2kv-peer-secret`;
-//! the server compares it in constant time and answers 401 without it. The same `PeerClient`
+//! When a cluster secret is configured, every request is signed with it: the headers
+//! `x-st2kv-peer-ts` (unix seconds) and `x-st2kv-peer-signature` (hex HMAC-SHA256 over path,
+//! timestamp and body) must verify, and the timestamp be within five minutes of the receiver's
+//! clock; otherwise the answer is 401. The secret itself never crosses the wire. (A captured
+//! request could be replayed within those five minutes by someone on the peer network; keep the
+//! peer port on a private network.) The same `PeerClient`
 //! (one pooled reqwest client, keep-alive, `TCP_NODELAY`) serves Raft replication and forwarding,
 //! and no connection is dialled in `new_client` (openraft calls it often: pitfall P10).
 
@@ -40,7 +44,38 @@ use crate::codec::{decode, encode};
 use crate::types::{Node, Request, Response};
 use crate::{NodeId, Raft, TypeConfig};
 
-const SECRET_HEADER: &str = "x-st2kv-peer-secret";
+const TS_HEADER: &str = "x-st2kv-peer-ts";
+const SIG_HEADER: &str = "x-st2kv-peer-signature";
+/// How far a signed request's timestamp may be from the receiver's clock.
+const MAX_SKEW_SECS: i64 = 300;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn signer(secret: &[u8], path: &str, ts: i64, body: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(path.as_bytes());
+    mac.update(b"\n");
+    mac.update(ts.to_string().as_bytes());
+    mac.update(b"\n");
+    mac.update(body);
+    mac
+}
+
+/// The signature of a peer request (hex HMAC-SHA256).
+pub fn sign(secret: &[u8], path: &str, ts: i64, body: &[u8]) -> String {
+    use hmac::Mac;
+    hex_lower(&signer(secret, path, ts, body).finalize().into_bytes())
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Above this many bytes an AppendEntries is split (it must be sent, appended and synced within
 /// one heartbeat interval: pitfall P5).
@@ -128,9 +163,13 @@ impl PeerClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Resp, PostError> {
+        let signature = self.secret.as_ref().map(|s| {
+            let ts = unix_now();
+            (ts, sign(s.as_bytes(), path, ts, &body))
+        });
         let mut rb = self.http.post(format!("http://{addr}{path}")).timeout(timeout).body(body);
-        if let Some(s) = &self.secret {
-            rb = rb.header(SECRET_HEADER, s.as_ref());
+        if let Some((ts, sig)) = signature {
+            rb = rb.header(TS_HEADER, ts.to_string()).header(SIG_HEADER, sig);
         }
         let resp = rb.send().await.map_err(|e| {
             if e.is_connect() {
@@ -322,21 +361,34 @@ pub fn peer_router(raft: Raft, secret: Option<String>) -> Router {
         .with_state(PeerState { raft, secret: secret.map(Arc::from) })
 }
 
-fn authorized(state: &PeerState, headers: &HeaderMap) -> bool {
+fn authorized(state: &PeerState, headers: &HeaderMap, path: &str, body: &[u8]) -> bool {
     match &state.secret {
         None => true,
-        Some(s) => {
-            headers.get(SECRET_HEADER).map(|v| constant_time_eq(v.as_bytes(), s.as_bytes())).unwrap_or(false)
-        }
+        Some(secret) => verify(secret.as_bytes(), headers, path, body),
     }
 }
 
-/// Compare without an early exit, so timing does not reveal how much of a secret matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
+/// Whether `headers` carry a fresh, valid signature of (`path`, body) under `secret`.
+fn verify(secret: &[u8], headers: &HeaderMap, path: &str, body: &[u8]) -> bool {
+    use hmac::Mac;
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let (Some(ts), Some(sig)) = (header(TS_HEADER).and_then(|t| t.parse::<i64>().ok()), header(SIG_HEADER))
+    else {
+        return false;
+    };
+    if (unix_now() - ts).abs() > MAX_SKEW_SECS {
         return false;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let Some(sig) = decode_hex(sig) else { return false };
+    // `verify_slice` compares in constant time.
+    signer(secret, path, ts, body).verify_slice(&sig).is_ok()
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 fn bincode_reply<T: Serialize>(v: &T) -> HttpResponse {
@@ -344,8 +396,8 @@ fn bincode_reply<T: Serialize>(v: &T) -> HttpResponse {
 }
 
 macro_rules! guard {
-    ($state:expr, $headers:expr, $body:expr, $ty:ty) => {{
-        if !authorized(&$state, &$headers) {
+    ($state:expr, $headers:expr, $body:expr, $path:expr, $ty:ty) => {{
+        if !authorized(&$state, &$headers, $path, &$body) {
             return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
         }
         match decode::<$ty>(&$body) {
@@ -356,27 +408,27 @@ macro_rules! guard {
 }
 
 async fn append(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    let req = guard!(s, headers, body, AppendEntriesRequest<TypeConfig>);
+    let req = guard!(s, headers, body, "/raft/append", AppendEntriesRequest<TypeConfig>);
     bincode_reply(&s.raft.append_entries(req).await)
 }
 
 async fn vote(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    let req = guard!(s, headers, body, VoteRequest<NodeId>);
+    let req = guard!(s, headers, body, "/raft/vote", VoteRequest<NodeId>);
     bincode_reply(&s.raft.vote(req).await)
 }
 
 async fn snapshot(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    let req = guard!(s, headers, body, InstallSnapshotRequest<TypeConfig>);
+    let req = guard!(s, headers, body, "/raft/snapshot", InstallSnapshotRequest<TypeConfig>);
     bincode_reply(&s.raft.install_snapshot(req).await)
 }
 
 async fn write(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    let req = guard!(s, headers, body, Request);
+    let req = guard!(s, headers, body, "/raft/write", Request);
     bincode_reply(&propose_local(&s.raft, req).await)
 }
 
 async fn read_index(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    guard!(s, headers, body, ());
+    guard!(s, headers, body, "/raft/read_index", ());
     let answer = match s.raft.get_read_log_id().await {
         Ok((read, _applied)) => Ok(read),
         Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -389,7 +441,7 @@ async fn read_index(State(s): State<PeerState>, headers: HeaderMap, body: Bytes)
 }
 
 async fn membership(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    let change = guard!(s, headers, body, MembershipChange);
+    let change = guard!(s, headers, body, "/raft/membership", MembershipChange);
     bincode_reply(&change_membership_local(&s.raft, change, Duration::from_secs(60)).await)
 }
 
@@ -476,5 +528,36 @@ pub async fn propose_local(raft: &Raft, req: Request) -> Result<Response, PeerEr
         }
         Err(RaftError::APIError(e)) => Err(PeerError::Unavailable(e.to_string())),
         Err(RaftError::Fatal(e)) => Err(PeerError::Fatal(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(ts: i64, sig: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(TS_HEADER, ts.to_string().parse().unwrap());
+        h.insert(SIG_HEADER, sig.parse().unwrap());
+        h
+    }
+
+    fn check(secret: &str, h: &HeaderMap, path: &str, body: &[u8]) -> bool {
+        verify(secret.as_bytes(), h, path, body)
+    }
+
+    #[test]
+    fn a_signature_binds_secret_path_time_and_body() {
+        let now = unix_now();
+        let sig = sign(b"s3cret", "/raft/append", now, b"body");
+        assert!(check("s3cret", &headers(now, &sig), "/raft/append", b"body"));
+        assert!(!check("other", &headers(now, &sig), "/raft/append", b"body"), "wrong secret");
+        assert!(!check("s3cret", &headers(now, &sig), "/raft/vote", b"body"), "another route");
+        assert!(!check("s3cret", &headers(now, &sig), "/raft/append", b"bodY"), "tampered body");
+        let old = now - MAX_SKEW_SECS - 1;
+        let stale = sign(b"s3cret", "/raft/append", old, b"body");
+        assert!(!check("s3cret", &headers(old, &stale), "/raft/append", b"body"), "too old");
+        assert!(decode_hex("zz").is_none());
+        assert!(!check("s3cret", &headers(now, "not-hex"), "/raft/append", b"body"));
     }
 }
