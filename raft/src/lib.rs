@@ -30,7 +30,7 @@
 //!   policy, built on [`network::propose_local`] and [`network::PeerClient`].
 //! - Snapshots are built in memory (`Cursor<Vec<u8>>`); a state larger than a few GB would need
 //!   file-backed snapshots.
-//! - Peer traffic is authenticated by a shared secret header, not encrypted; run the peer
+//! - Peer traffic is signed (HMAC-SHA256 with the cluster secret), not encrypted; run the peer
 //!   listener on a private network.
 
 pub mod codec;
