@@ -42,6 +42,9 @@ pub struct Metrics {
     purged_index: Gauge,
     log_entries: Gauge,
     millis_since_quorum_ack: Gauge,
+    snapshot_age: Gauge,
+    /// The snapshot index last seen, and when it changed.
+    snapshot_seen: std::sync::Mutex<(Option<u64>, std::time::Instant)>,
 }
 
 impl Default for Metrics {
@@ -70,6 +73,8 @@ impl Metrics {
             purged_index: Gauge::default(),
             log_entries: Gauge::default(),
             millis_since_quorum_ack: Gauge::default(),
+            snapshot_age: Gauge::default(),
+            snapshot_seen: std::sync::Mutex::new((None, std::time::Instant::now())),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,6 +117,11 @@ impl Metrics {
             "Leader only: ms since a quorum last acknowledged it (-1 elsewhere)",
             m.millis_since_quorum_ack.clone(),
         );
+        registry.register(
+            "raft_snapshot_age_seconds",
+            "Seconds since this node's snapshot index last changed (-1: no snapshot yet)",
+            m.snapshot_age.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -135,6 +145,14 @@ impl Metrics {
         self.purged_index.set(idx(m.purged.map(|l| l.index)));
         self.log_entries.set(idx(m.last_log_index) - idx(m.purged.map(|l| l.index)));
         self.millis_since_quorum_ack.set(m.millis_since_quorum_ack.map(|v| v as i64).unwrap_or(-1));
+        {
+            let mut seen = self.snapshot_seen.lock().expect("metrics lock");
+            let now_index = m.snapshot.map(|l| l.index);
+            if seen.0 != now_index {
+                *seen = (now_index, std::time::Instant::now());
+            }
+            self.snapshot_age.set(if now_index.is_some() { seen.1.elapsed().as_secs() as i64 } else { -1 });
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding metrics into a String");

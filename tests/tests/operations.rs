@@ -116,6 +116,7 @@ async fn health_and_metrics_tell_an_operator_what_is_going_on() {
         "st2kv_raft_leader ",
         "st2kv_raft_applied_index ",
         "st2kv_raft_log_entries ",
+        "st2kv_raft_snapshot_age_seconds ",
         "st2kv_proposals_total ",
         "st2kv_proposal_seconds_bucket",
         "st2kv_forwarded_batches_total ",
