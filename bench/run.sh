@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark a fresh local 3-node st2kv cluster with st2kv-bench.
 #
-#   bench/run.sh [st2kv-bench flags...]
+#   bench/run.sh [--compare-etcd] [st2kv-bench flags...]
 #
 # Builds st2kv-node and st2kv-bench in release mode, starts three nodes on 127.0.1.1,
 # 127.0.1.2 and 127.0.1.3 (API :9101, auth :9100, peer :9300) with data in a temporary
@@ -12,17 +12,26 @@
 # password for the bootstrap admin `st2admin`, which the bench logs in as. NO_AUTH=1 runs the
 # nodes with --insecure-no-auth instead (the cluster secret is still set).
 #
-# Every argument is passed to st2kv-bench and wins over the defaults here, e.g.
+# With --compare-etcd (or COMPARE_ETCD=1) it also starts a 3-member etcd cluster on 127.0.2.1,
+# 127.0.2.2 and 127.0.2.3 (client :2379, peer :2380, data in the same temporary directory, etcd's
+# default fsync on), installing etcd from the distribution's packages first if it is missing
+# (needs root), and runs st2kv-bench --target both: every workload on st2kv and on etcd, in
+# alternation, --rounds times (default 3), with floors, the generator's ceiling and ratios.
+# etcd is stopped by the same cleanup as the nodes.
+#
+# Every other argument is passed to st2kv-bench and wins over the defaults here, e.g.
 #   bench/run.sh --duration 5
 #   bench/run.sh --workloads seq-put,put-follower-64,put-leader-64 --json > results.json
+#   bench/run.sh --compare-etcd --duration 5 --rounds 3
 #
 # Environment:
+#   COMPARE_ETCD=1    same as --compare-etcd
 #   CARGO_TARGET_DIR  where cargo builds (binaries in ${CARGO_TARGET_DIR:-target}/release)
 #   SMOKE=1           a quick check: 2 s per workload, 0.5 s warm-up
 #   NO_BUILD=1        use the binaries already built
 #   NO_AUTH=1         nodes run with --insecure-no-auth; the bench sends no credentials
 #   NODE_ARGS="..."   extra flags for every st2kv-node, e.g. NODE_ARGS=--no-fsync
-#   KEEP=1            keep the temporary directory (data and node logs)
+#   KEEP=1            keep the temporary directory (data and node/etcd logs)
 #   RUST_LOG          the nodes' log filter (default: the node's own, info)
 set -euo pipefail
 # A relative CARGO_TARGET_DIR means relative to where this script was started.
@@ -30,6 +39,29 @@ if [ -n "${CARGO_TARGET_DIR:-}" ] && [ "${CARGO_TARGET_DIR#/}" = "$CARGO_TARGET_
   export CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR"
 fi
 cd "$(dirname "$0")/.."
+
+compare_etcd="${COMPARE_ETCD:-0}"
+bench_args=()
+for a in "$@"; do
+  if [ "$a" = --compare-etcd ]; then
+    compare_etcd=1
+  else
+    bench_args+=("$a")
+  fi
+done
+etcd_ips=(127.0.2.1 127.0.2.2 127.0.2.3)
+if [ "$compare_etcd" = 1 ] && ! command -v etcd >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "etcd is not installed; install etcd-server and etcd-client (or run as root)" >&2
+    exit 1
+  fi
+  echo "installing etcd (etcd-server, etcd-client) ..." >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >&2
+fi
+if [ "$compare_etcd" = 1 ]; then
+  echo "etcd: $(etcd --version 2>/dev/null | head -n 1)" >&2
+fi
 
 target="${CARGO_TARGET_DIR:-target}"
 node_bin="$target/release/st2kv-node"
@@ -72,6 +104,11 @@ cleanup() {
       [ -f "$tmp/n$i.log" ] || continue
       echo "--- last lines of node $i's log ---" >&2
       tail -n 15 "$tmp/n$i.log" >&2 || true
+    done
+    for i in 1 2 3; do
+      [ -f "$tmp/etcd$i.log" ] || continue
+      echo "--- last lines of etcd member $i's log ---" >&2
+      tail -n 15 "$tmp/etcd$i.log" >&2 || true
     done
   fi
   if [ "${KEEP:-0}" = 1 ]; then
@@ -125,13 +162,47 @@ done
 [ -n "$leader" ] || { echo "no leader was elected within 15 s" >&2; exit 1; }
 echo "leader is node $leader" >&2
 
+target_args=()
+if [ "$compare_etcd" = 1 ]; then
+  etcd_cluster="e1=http://${etcd_ips[0]}:2380,e2=http://${etcd_ips[1]}:2380,e3=http://${etcd_ips[2]}:2380"
+  for i in 1 2 3; do
+    ip="${etcd_ips[$((i - 1))]}"
+    # Defaults otherwise, fsync of the WAL included (etcd has no switch to turn it off in 3.4
+    # besides --unsafe-no-fsync, which is not used).
+    etcd --name "e$i" --data-dir "$tmp/etcd$i" \
+      --listen-client-urls "http://$ip:2379" --advertise-client-urls "http://$ip:2379" \
+      --listen-peer-urls "http://$ip:2380" --initial-advertise-peer-urls "http://$ip:2380" \
+      --initial-cluster "$etcd_cluster" --initial-cluster-token st2kv-bench \
+      --initial-cluster-state new --logger zap --log-outputs stderr \
+      >"$tmp/etcd$i.log" 2>&1 &
+    pids+=("$!")
+  done
+  etcd_urls="http://${etcd_ips[0]}:2379,http://${etcd_ips[1]}:2379,http://${etcd_ips[2]}:2379"
+  echo "waiting for an etcd leader ($etcd_urls) ..." >&2
+  etcd_leader=""
+  for _ in $(seq 1 150); do
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { echo "a node or etcd member exited during start-up" >&2; exit 1; }
+    done
+    if status="$(curl -fsS --max-time 2 -X POST -d '{}' "http://${etcd_ips[0]}:2379/v3/maintenance/status" 2>/dev/null)" &&
+      [[ "$status" =~ \"leader\":\"([1-9][0-9]*)\" ]]; then
+      etcd_leader="${BASH_REMATCH[1]}"
+      break
+    fi
+    sleep 0.1
+  done
+  [ -n "$etcd_leader" ] || { echo "etcd elected no leader within 15 s" >&2; exit 1; }
+  echo "etcd leader is member $etcd_leader" >&2
+  target_args=(--target both --etcd-nodes "$etcd_urls" --floor-dir "$tmp")
+fi
+
 smoke=()
 if [ "${SMOKE:-0}" = 1 ]; then
   smoke=(--duration 2 --warmup 0.5)
 fi
 # Later flags win, so the caller's arguments override the SMOKE defaults. The bench runs in the
 # background so that a signal to this script runs the cleanup at once.
-env "${bench_env[@]}" "$bench_bin" --nodes "$urls" "${smoke[@]}" "$@" &
+env "${bench_env[@]}" "$bench_bin" --nodes "$urls" "${target_args[@]}" "${smoke[@]}" "${bench_args[@]}" &
 bench_pid=$!
 bench_rc=0
 wait "$bench_pid" || bench_rc=$?
