@@ -179,6 +179,9 @@ pub struct Requester {
     pub method: Method,
     /// `header`, `query` or `cookie`.
     pub location: &'static str,
+    /// The records the credentials were checked against, at the revisions seen: a write carries
+    /// them so it applies only if they are unchanged when it is ordered.
+    pub guards: Vec<st2kv_raft::Guard>,
 }
 
 impl Requester {
@@ -190,6 +193,7 @@ impl Requester {
             rbac: false,
             method: Method::None,
             location: "header",
+            guards: Vec::new(),
         }
     }
 
@@ -277,15 +281,19 @@ async fn authenticate_inner(
     }
     let view = &app.cluster.view;
     let now = now_ms();
+    let guard = |table: &str, key: String, revision: u64| st2kv_raft::Guard { table: table.into(), key, revision };
+    let mut guards = Vec::with_capacity(2);
     let (user, method) = match cred {
         Credential::Token(t) => {
-            let Some(rec) = view.aux_get(TOKENS, &token_hash(&t), i64::MIN)? else {
+            let hash = token_hash(&t);
+            let Some(rec) = view.aux_get(TOKENS, &hash, i64::MIN)? else {
                 return Err(unauthorized(""));
             };
             let tok: TokenRec = decode_rec(&rec.value)?;
             if tok.expiry_ms <= now {
                 return Err(unauthorized("Token has expired."));
             }
+            guards.push(guard(TOKENS, hash, rec.revision));
             (tok.user, Method::Token { expiry_ms: tok.expiry_ms })
         }
         Credential::ApiKey(k) => {
@@ -297,6 +305,7 @@ async fn authenticate_inner(
             if !key.enabled {
                 return Err(unauthorized("API key is disabled."));
             }
+            guards.push(guard(APIKEYS, hash, rec.revision));
             (key.user, Method::ApiKey)
         }
     };
@@ -306,7 +315,26 @@ async fn authenticate_inner(
     if !u.enabled {
         return Err(unauthorized(&format!("User \"{user}\" is disabled.")));
     }
-    Ok(Requester { user, admin: u.role == Role::Admin, rbac: true, method, location })
+    guards.push(guard(USERS, user.clone(), urec.revision));
+    Ok(Requester { user, admin: u.role == Role::Admin, rbac: true, method, location, guards })
+}
+
+/// Authenticate a key write without a read barrier: the credentials are checked against this
+/// node's state, and the write carries [`Requester::guards`], so it applies only if they are
+/// still as seen when it is ordered (a revocation ordered first makes it fail). Credentials this
+/// node does not know yet (issued elsewhere a moment ago) get a barrier and a second look.
+pub async fn authenticate_write(
+    app: &App,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Requester, ApiError> {
+    if !app.auth.enabled {
+        return Ok(Requester::system());
+    }
+    match authenticate_inner(app, headers, query, false).await {
+        Err(ApiError::Unauthorized(_)) => authenticate(app, headers, query, true).await,
+        other => other,
+    }
 }
 
 /// Node-local brake on password guessing: after `burst` failed logins for one user within

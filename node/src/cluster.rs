@@ -36,6 +36,7 @@ struct ReadQueue {
 
 struct Pending {
     cmd: Command,
+    guards: Vec<st2kv_raft::Guard>,
     tx: oneshot::Sender<Result<Outcome, ApiError>>,
 }
 
@@ -103,6 +104,11 @@ impl Cluster {
 
     /// Replicate `cmd` and return what applying it did.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ApiError> {
+        self.propose_guarded(cmd, Vec::new()).await
+    }
+
+    /// [`Cluster::propose`], applied only while `guards` hold (see [`st2kv_raft::Op::guards`]).
+    pub async fn propose_guarded(&self, cmd: Command, guards: Vec<st2kv_raft::Guard>) -> Result<Outcome, ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
         let (free, min) = (self.free_mb.load(Relaxed), self.min_free_mb.load(Relaxed));
         // A purge of expired keys frees space: let it through.
@@ -114,7 +120,7 @@ impl Cluster {
         }
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send(Pending { cmd, tx })
+            .send(Pending { cmd, guards, tx })
             .await
             .map_err(|_| ApiError::Unavailable("This node is shutting down.".into()))?;
         rx.await.map_err(|_| ApiError::Unavailable("This node is shutting down.".into()))?
@@ -305,12 +311,14 @@ async fn batcher(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<Pendi
         }
         let Some(cluster) = cluster.upgrade() else { return };
         tokio::spawn(async move {
-            let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.tx)).unzip();
-            let n = cmds.len();
-            let req = Request {
-                proposed_at_ms: now_ms(),
-                ops: cmds.into_iter().map(|cmd| Op { id: Some(rand::random()), cmd }).collect(),
-            };
+            let n = batch.len();
+            let mut txs = Vec::with_capacity(n);
+            let mut ops = Vec::with_capacity(n);
+            for p in batch {
+                ops.push(Op { id: Some(rand::random()), cmd: p.cmd, guards: p.guards });
+                txs.push(p.tx);
+            }
+            let req = Request { proposed_at_ms: now_ms(), ops };
             let started = Instant::now();
             let result = cluster.submit(req).await;
             cluster.metrics.observe_proposal(n, started.elapsed());

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use st2kv_api::KeyValuePair;
 use st2kv_raft::{Command, KeyId, Outcome, Record, Scope};
 
-use crate::auth::{authenticate, Requester};
+use crate::auth::{authenticate, authenticate_write, Requester};
 use crate::cluster::now_ms;
 use crate::error::ApiError;
 use crate::App;
@@ -171,6 +171,11 @@ fn reveal(
     let plain = app.secrets.decrypt(key, &r.value)?;
     tracing::info!(target: "audit", user = %req.user, key = %key.key_ref(), scope = key.scope.as_str(), "secret decrypted");
     Ok(Some(plain))
+}
+
+/// The credentials a write was checked with were revoked or changed before it was ordered.
+fn credentials_changed() -> ApiError {
+    ApiError::Unauthorized("Unauthorized".into())
 }
 
 fn not_found(key: &KeyId) -> ApiError {
@@ -376,7 +381,7 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req = authenticate(&app, &headers, &q, app.auth.enabled).await?;
+    let req = authenticate_write(&app, &headers, &q).await?;
     // The body limit leaves room for JSON escaping of a maximal value; the value itself is
     // checked against the configured limit below, with a clearer message.
     let limit = app.limits.max_value_bytes.saturating_mul(6).saturating_add(64 * 1024);
@@ -449,8 +454,9 @@ pub async fn put(
         new_id: hex::encode(rand::random::<[u8; 12]>()),
         cond: st2kv_raft::Cond::Always,
     };
-    match app.cluster.propose(cmd).await? {
+    match app.cluster.propose_guarded(cmd, req.guards.clone()).await? {
         Outcome::Put { record, .. } => Ok(Json(render(&key, &record, None)).into_response()),
+        Outcome::GuardFailed => Err(credentials_changed()),
         other => Err(ApiError::Internal(format!("put answered {other:?}"))),
     }
 }
@@ -482,14 +488,15 @@ pub async fn delete(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let req = authenticate(&app, &headers, &q, app.auth.enabled).await?;
+    let req = authenticate_write(&app, &headers, &q).await?;
     let p = Params(q);
     let scope = one_scope(p.str("scope"), true)?;
     let user = owner(&req, p.str("user"))?;
     let key = KeyId { scope, user: if scope == Scope::User { user } else { String::new() }, name };
     may_change(&req, &key, "delete")?;
-    match app.cluster.propose(Command::Delete { key: key.clone(), now_ms: now_ms() }).await? {
+    match app.cluster.propose_guarded(Command::Delete { key: key.clone(), now_ms: now_ms() }, req.guards.clone()).await? {
         Outcome::Deleted { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
+        Outcome::GuardFailed => Err(credentials_changed()),
         Outcome::NotFound => Err(not_found(&key)),
         other => Err(ApiError::Internal(format!("delete answered {other:?}"))),
     }

@@ -48,8 +48,9 @@ mod tests {
                         new_id: "abc".into(),
                         cond: Cond::Revision(3),
                     },
+                    guards: vec![Guard { table: "tokens".into(), key: "h".into(), revision: 4 }],
                 },
-                Op { id: None, cmd: Command::PurgeExpired { now_ms: 3 } },
+                Op { id: None, cmd: Command::PurgeExpired { now_ms: 3 }, guards: vec![] },
             ],
         };
         let entry: Entry<TypeConfig> = Entry {

@@ -478,8 +478,19 @@ fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response
                 continue;
             }
         }
-        let outcome = apply_command(ov, index, &op.cmd)?;
-        applied += 1;
+        let mut guarded = true;
+        for g in &op.guards {
+            if ov.aux(&aux_key(&g.table, &g.key))?.map(|r| r.revision) != Some(g.revision) {
+                guarded = false;
+                break;
+            }
+        }
+        let outcome = if guarded {
+            applied += 1;
+            apply_command(ov, index, &op.cmd)?
+        } else {
+            Outcome::GuardFailed
+        };
         if let Some(id) = op.id {
             ov.put(dedup_key(id), encode(&outcome));
             ov.put(dedup_age_key(req.proposed_at_ms, id), Vec::new());

@@ -149,6 +149,19 @@ impl AuxRecord {
 pub struct Op {
     pub id: Option<u128>,
     pub cmd: Command,
+    /// Auxiliary records that must still be at these revisions when the op is applied, or it is
+    /// not applied ([`Outcome::GuardFailed`]). The node uses them to bind a write to the
+    /// credentials it checked: a token revoked (or a user changed) before the write is ordered
+    /// makes the write fail, without a read barrier before every write.
+    pub guards: Vec<Guard>,
+}
+
+/// "Auxiliary record `(table, key)` exists at `revision`."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    pub table: String,
+    pub key: String,
+    pub revision: u64,
 }
 
 /// The payload of one Raft entry: a group-committed batch of ops, applied atomically in order.
@@ -184,6 +197,8 @@ pub enum Outcome {
     CondFailed {
         current: Option<u64>,
     },
+    /// One of the op's guards did not hold; nothing changed.
+    GuardFailed,
 }
 
 /// The result of applying one entry: one outcome per op, in order (empty for blank and

@@ -53,11 +53,11 @@ fn delete(key: KeyId, now_ms: i64) -> Command {
 }
 
 fn op(cmd: Command) -> Op {
-    Op { id: None, cmd }
+    Op { id: None, cmd, guards: vec![] }
 }
 
 fn op_with_id(id: u128, cmd: Command) -> Op {
-    Op { id: Some(id), cmd }
+    Op { id: Some(id), cmd, guards: vec![] }
 }
 
 /// One node's store in a temp dir, with a log-index counter for the entries it is fed.
@@ -701,4 +701,19 @@ async fn a_put_with_a_revision_condition_is_compare_and_set() {
         matches!(r.run(T0, with(Cond::Revision(1), "v4")).await, Outcome::Put { record, .. } if record.revision == 4)
     );
     assert_eq!(r.value(&k, T0).as_deref(), Some("v4"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_applies_only_while_its_guards_hold() {
+    use st2kv_raft::{Cond, Guard};
+    let mut r = Replica::new();
+    let token = |rev| Guard { table: "tokens".into(), key: "h1".into(), revision: rev };
+    let put_token = Command::PutAux { table: "tokens".into(), key: "h1".into(), value: b"t".to_vec(), expire_at_ms: None, cond: Cond::Always };
+    assert!(matches!(r.run(T0, put_token).await, Outcome::AuxPut { revision: 1, .. }));
+    let guarded = |rev, v: &str| Op { id: None, cmd: put(KeyId::system("k"), v, T0), guards: vec![token(rev)] };
+    assert!(matches!(r.propose(T0, vec![guarded(1, "ok")]).await[..], [Outcome::Put { .. }]));
+    assert_eq!(r.propose(T0, vec![guarded(7, "stale")]).await, vec![Outcome::GuardFailed]);
+    r.run(T0, Command::DeleteAux { table: "tokens".into(), key: "h1".into(), cond: Cond::Always }).await;
+    assert_eq!(r.propose(T0, vec![guarded(1, "revoked")]).await, vec![Outcome::GuardFailed]);
+    assert_eq!(r.value(&KeyId::system("k"), T0).as_deref(), Some("ok"), "refused ops change nothing");
 }

@@ -274,12 +274,27 @@ async fn logins_and_revocations_hold_on_every_node_at_once() {
     assert_eq!(b["username"], "dave");
     assert_eq!(b["authentication"]["method"], "authentication token");
     assert_eq!(b["rbac"]["is_admin"], false);
-    // A revocation on node 2 is refused on node 1 as soon as the revoke returns.
+    // Writes too: a fresh token used at once on another node for a write (the node has not
+    // necessarily applied the login yet, and must look again rather than refuse).
+    let fresh = login(&c, 1, "dave", None).await;
+    let body = json!({"name": "dave-key", "value": "v", "scope": "user"});
+    let (s, b) = call(&c, 3, &Cred::Token(fresh.clone()), "PUT", "/v1/keys/dave-key", Some(body)).await;
+    assert_eq!(s, 200, "{b}");
+    // A revocation on node 2 is refused on node 1 as soon as the revoke returns, for reads and
+    // for writes, and the refused write changes nothing.
     let (s, _) =
         call(&c, 2, &Cred::Token(token.clone()), "DELETE", &format!("/v1/tokens/{token}"), None).await;
     assert_eq!(s, 204);
     let (s, b) = call(&c, 1, &Cred::Token(token.clone()), "GET", "/v1/keys", None).await;
     assert_eq!((s, faultstring(&b)), (StatusCode::UNAUTHORIZED, "Unauthorized"));
+    let (s, _) =
+        call(&c, 2, &Cred::Token(fresh.clone()), "DELETE", &format!("/v1/tokens/{fresh}"), None).await;
+    assert_eq!(s, 204);
+    let body = json!({"name": "dave-key", "value": "after revoke", "scope": "user"});
+    let (s, b) = call(&c, 3, &Cred::Token(fresh.clone()), "PUT", "/v1/keys/dave-key", Some(body)).await;
+    assert_eq!((s, faultstring(&b)), (StatusCode::UNAUTHORIZED, "Unauthorized"));
+    let (_, b) = admin(&c, "GET", "/v1/keys/dave-key?scope=user&user=dave", None).await;
+    assert_eq!(b["value"], "v", "the refused write changed nothing");
     // Tokens also come from the API listener under /auth/v1, and work in the query and cookie.
     let resp = c
         .anon()
