@@ -67,6 +67,23 @@ async fn client_loop(id: usize, urls: Vec<String>, token: String, history: Histo
     }
 }
 
+/// A linearizable read of every key through each of `nodes`, recorded in `history`, once the
+/// faults are over: the checker then also judges what the cluster finally holds.
+async fn final_reads(c: &TestCluster, history: &History, nodes: impl IntoIterator<Item = usize>) {
+    for i in nodes {
+        let client = c.client(i);
+        for k in 0..KEYS {
+            let key = format!("k{k}");
+            let op = history.invoke(100 + i, &key, OpKind::Read);
+            match client.keys().get(&key, &GetOptions::default()).await {
+                Ok(kv) => op.complete(OpResult::ReadOk(Some(kv.value))),
+                Err(e) if e.is_not_found() => op.complete(OpResult::ReadOk(None)),
+                Err(e) => panic!("final read of {key} on node {i} failed after the faults: {e}"),
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_stay_linearizable_under_partitions_crashes_and_pauses() {
     let seconds: u64 = std::env::var("NEMESIS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -127,18 +144,7 @@ async fn histories_stay_linearizable_under_partitions_crashes_and_pauses() {
     // After healing every node converges, and a final read of every key through every node is
     // part of the history the checker judges.
     c.wait_converged(Duration::from_secs(30)).await;
-    for i in 1..=3 {
-        let client = c.client(i);
-        for k in 0..KEYS {
-            let key = format!("k{k}");
-            let op = history.invoke(100 + i, &key, OpKind::Read);
-            match client.keys().get(&key, &GetOptions::default()).await {
-                Ok(kv) => op.complete(OpResult::ReadOk(Some(kv.value))),
-                Err(e) if e.is_not_found() => op.complete(OpResult::ReadOk(None)),
-                Err(e) => panic!("final read of {key} on node {i} failed after healing: {e}"),
-            }
-        }
-    }
+    final_reads(&c, &history, 1..=3).await;
     let ops = history.ops();
     let acked = ops.iter().filter(|o| o.result == OpResult::WriteOk).count();
     let unknown = ops.iter().filter(|o| o.result == OpResult::Unknown).count();
@@ -188,18 +194,7 @@ async fn histories_stay_linearizable_while_membership_goes_from_three_to_five_an
     }
     c.wait_converged(Duration::from_secs(30)).await;
     let survivors: Vec<usize> = (1..=5).filter(|i| !removed.contains(i)).collect();
-    for i in survivors {
-        let client = c.client(i);
-        for k in 0..KEYS {
-            let key = format!("k{k}");
-            let op = history.invoke(100 + i, &key, OpKind::Read);
-            match client.keys().get(&key, &GetOptions::default()).await {
-                Ok(kv) => op.complete(OpResult::ReadOk(Some(kv.value))),
-                Err(e) if e.is_not_found() => op.complete(OpResult::ReadOk(None)),
-                Err(e) => panic!("final read of {key} on node {i} failed: {e}"),
-            }
-        }
-    }
+    final_reads(&c, &history, survivors).await;
     let ops = history.ops();
     let verdict = check(&ops);
     eprintln!("[nemesis] membership: {} ops: {verdict}", ops.len());
