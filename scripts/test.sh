@@ -24,5 +24,14 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== build the binaries the scenarios run"
 cargo build --workspace --bins
+if docker info >/dev/null 2>&1; then
+  # The FROM scratch image and deploy/secrets for tests/tests/compose.rs (skipped without Docker,
+  # except under CI, where it then fails).
+  echo "== Docker image (scripts/docker-build.sh)"
+  scripts/docker-build.sh
+  export ST2KV_COMPOSE=1
+else
+  echo "== Docker does not answer: the compose scenario will be skipped"
+fi
 echo "== tests"
 cargo test --workspace -- --test-threads=2

@@ -281,7 +281,8 @@ async fn authenticate_inner(
     }
     let view = &app.cluster.view;
     let now = now_ms();
-    let guard = |table: &str, key: String, revision: u64| st2kv_raft::Guard { table: table.into(), key, revision };
+    let guard =
+        |table: &str, key: String, revision: u64| st2kv_raft::Guard { table: table.into(), key, revision };
     let mut guards = Vec::with_capacity(2);
     let (user, method) = match cred {
         Credential::Token(t) => {

@@ -108,7 +108,11 @@ impl Cluster {
     }
 
     /// [`Cluster::propose`], applied only while `guards` hold (see [`st2kv_raft::Op::guards`]).
-    pub async fn propose_guarded(&self, cmd: Command, guards: Vec<st2kv_raft::Guard>) -> Result<Outcome, ApiError> {
+    pub async fn propose_guarded(
+        &self,
+        cmd: Command,
+        guards: Vec<st2kv_raft::Guard>,
+    ) -> Result<Outcome, ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
         let (free, min) = (self.free_mb.load(Relaxed), self.min_free_mb.load(Relaxed));
         // A purge of expired keys frees space: let it through.

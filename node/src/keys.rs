@@ -494,7 +494,11 @@ pub async fn delete(
     let user = owner(&req, p.str("user"))?;
     let key = KeyId { scope, user: if scope == Scope::User { user } else { String::new() }, name };
     may_change(&req, &key, "delete")?;
-    match app.cluster.propose_guarded(Command::Delete { key: key.clone(), now_ms: now_ms() }, req.guards.clone()).await? {
+    match app
+        .cluster
+        .propose_guarded(Command::Delete { key: key.clone(), now_ms: now_ms() }, req.guards.clone())
+        .await?
+    {
         Outcome::Deleted { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
         Outcome::GuardFailed => Err(credentials_changed()),
         Outcome::NotFound => Err(not_found(&key)),

@@ -225,6 +225,25 @@ pub fn read_backup(bytes: &[u8]) -> anyhow::Result<(BackupHeader, &[u8])> {
     Ok((header, data))
 }
 
+/// Seed the empty data dir `data_dir` from the backup `file` (checksum verified), like
+/// `etcdutl snapshot restore`: `st2kv-node restore FILE --data-dir D`, or `--restore-from` at start.
+pub fn restore(file: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let bytes =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read backup {}: {e}", file.display()))?;
+    let (header, data) =
+        read_backup(&bytes).map_err(|e| anyhow::anyhow!("backup {}: {e}", file.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
+    let n = st2kv_raft::store::seed(data_dir, data)
+        .map_err(|e| anyhow::anyhow!("restoring {} failed: {e}", file.display()))?;
+    Ok(format!(
+        "{} seeded from {} ({n} records, log index {}); start the nodes with --initial-cluster",
+        data_dir.display(),
+        file.display(),
+        header.last_log_index
+    ))
+}
+
 /// Count every request by method, matched route and status.
 async fn count_requests(
     State(app): State<Arc<App>>,
@@ -416,15 +435,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         if config.data_dir.join("sled").exists() {
             tracing::warn!(file = %file.display(), "the data dir already holds a store; ignoring --restore-from");
         } else {
-            let bytes = std::fs::read(file)
-                .map_err(|e| anyhow::anyhow!("cannot read backup {}: {e}", file.display()))?;
-            let (header, data) =
-                read_backup(&bytes).map_err(|e| anyhow::anyhow!("backup {}: {e}", file.display()))?;
-            let n = st2kv_raft::store::seed(&config.data_dir, data)
-                .map_err(|e| anyhow::anyhow!("restoring {} failed: {e}", file.display()))?;
-            tracing::info!(entries = n, index = header.last_log_index, "data dir seeded from backup");
+            let msg = restore(file, &config.data_dir)?;
+            tracing::info!("{msg}");
         }
     }
+
     let store = st2kv_raft::store::open(&config.data_dir, !config.no_fsync)
         .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
     let disk = store.disk.clone();

@@ -213,6 +213,23 @@ async fn a_backup_restores_into_a_fresh_cluster_with_identical_keys_and_cipherte
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
 
+    // `st2kv-node restore` seeds an empty data dir, and refuses one that holds a store.
+    let seeded = dir.path().join("seeded");
+    let restore = |target: &std::path::Path| {
+        std::process::Command::new(st2kv_tests::bin("st2kv-node"))
+            .arg("restore")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(target)
+            .output()
+            .unwrap()
+    };
+    let out = restore(&seeded);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = restore(&seeded);
+    assert!(!out.status.success(), "a second restore into the same dir is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds data"));
+
     // A fresh 3-node cluster seeded from the backup holds exactly the same keys.
     let opts = st2kv_tests::ClusterOptions {
         keyring: Some(ring),

@@ -112,6 +112,43 @@ fn healthcheck(args: &[String]) -> Result<String, String> {
     Err(last_err)
 }
 
+/// `st2kv-node restore FILE --data-dir DIR` (DIR also from ST2KV_DATA_DIR).
+fn restore_command(args: &[String]) -> std::process::ExitCode {
+    let usage = "usage: st2kv-node restore FILE --data-dir DIR";
+    let mut file = None;
+    let mut dir = std::env::var("ST2KV_DATA_DIR").ok();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--data-dir" => dir = it.next().cloned(),
+            s if s.starts_with("--data-dir=") => dir = Some(s["--data-dir=".len()..].to_string()),
+            "-h" | "--help" => {
+                println!("{usage}\n\nSeed an empty data dir from a backup made by `st2kv snapshot save`.");
+                return std::process::ExitCode::SUCCESS;
+            }
+            s if file.is_none() && !s.starts_with('-') => file = Some(s.to_string()),
+            other => {
+                eprintln!("st2kv-node restore: unexpected argument {other:?}; {usage}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(file), Some(dir)) = (file, dir) else {
+        eprintln!("st2kv-node restore: {usage}");
+        return std::process::ExitCode::from(2);
+    };
+    match st2kv_node::restore(std::path::Path::new(&file), std::path::Path::new(&dir)) {
+        Ok(msg) => {
+            println!("{msg}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("st2kv-node restore: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("healthcheck") {
@@ -126,8 +163,14 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if args.get(1).map(String::as_str) == Some("restore") {
+        return restore_command(&args[2..]);
+    }
     let matches = Config::command()
-        .after_help("Health probe (containers): st2kv-node healthcheck [--url URL] [--live]; see st2kv-node healthcheck --help")
+        .after_help(
+            "Health probe (containers): `st2kv-node healthcheck [--url URL] [--live]`, see its --help\n\
+             Restore a backup into an empty data dir: `st2kv-node restore FILE --data-dir DIR`",
+        )
         .get_matches();
     let config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing(&config.log_format);
