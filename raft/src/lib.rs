@@ -41,7 +41,9 @@ pub mod types;
 
 use std::io::Cursor;
 
-pub use types::{AuxRecord, Command, Cond, Guard, KeyId, Node, Op, Outcome, Record, Request, Response, Scope};
+pub use types::{
+    AuxRecord, Command, Cond, Guard, KeyId, Node, Op, Outcome, Record, Request, Response, Scope,
+};
 
 pub type NodeId = u64;
 

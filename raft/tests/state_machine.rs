@@ -708,9 +708,16 @@ async fn an_op_applies_only_while_its_guards_hold() {
     use st2kv_raft::{Cond, Guard};
     let mut r = Replica::new();
     let token = |rev| Guard { table: "tokens".into(), key: "h1".into(), revision: rev };
-    let put_token = Command::PutAux { table: "tokens".into(), key: "h1".into(), value: b"t".to_vec(), expire_at_ms: None, cond: Cond::Always };
+    let put_token = Command::PutAux {
+        table: "tokens".into(),
+        key: "h1".into(),
+        value: b"t".to_vec(),
+        expire_at_ms: None,
+        cond: Cond::Always,
+    };
     assert!(matches!(r.run(T0, put_token).await, Outcome::AuxPut { revision: 1, .. }));
-    let guarded = |rev, v: &str| Op { id: None, cmd: put(KeyId::system("k"), v, T0), guards: vec![token(rev)] };
+    let guarded =
+        |rev, v: &str| Op { id: None, cmd: put(KeyId::system("k"), v, T0), guards: vec![token(rev)] };
     assert!(matches!(r.propose(T0, vec![guarded(1, "ok")]).await[..], [Outcome::Put { .. }]));
     assert_eq!(r.propose(T0, vec![guarded(7, "stale")]).await, vec![Outcome::GuardFailed]);
     r.run(T0, Command::DeleteAux { table: "tokens".into(), key: "h1".into(), cond: Cond::Always }).await;
