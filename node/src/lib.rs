@@ -538,9 +538,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
             None
         }
     };
-    // Any node that was given admin credentials makes sure the admin exists (create-if-absent,
-    // so a password changed later through the API is never overwritten).
-    let admin_task = match (&admin_password, config.insecure_no_auth) {
+    // The initializing node makes sure the admin exists, on every start (create-if-absent, so a
+    // password changed later through the API is never overwritten, and a crash before the first
+    // bootstrap is repaired by the next start). Other nodes never propose it, so once a login
+    // works no bootstrap write is still on its way.
+    let admin_task = match (&admin_password, config.insecure_no_auth || !initializer) {
         (Some(pw), false) => {
             let (app, user, pw) = (app.clone(), config.admin_user.clone(), pw.clone());
             Some(tokio::spawn(async move {
