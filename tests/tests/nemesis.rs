@@ -4,8 +4,9 @@
 //! Every operation is recorded with its invocation and completion time and checked for
 //! linearizability key by key; afterwards every node converges to the same state.
 //!
-//! The short profile here runs in the test suite; `NEMESIS_SECONDS=600 cargo test -p
-//! st2kv-tests --test nemesis -- --nocapture` soaks longer (the fault cycle repeats).
+//! The short profile here (fault cycles for about a minute, every family in each cycle) runs in
+//! the test suite; `NEMESIS_SECONDS=600 cargo test -p st2kv-tests --test nemesis -- --nocapture`
+//! soaks longer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -86,7 +87,7 @@ async fn final_reads(c: &TestCluster, history: &History, nodes: impl IntoIterato
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_stay_linearizable_under_partitions_crashes_and_pauses() {
-    let seconds: u64 = std::env::var("NEMESIS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let seconds: u64 = std::env::var("NEMESIS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let mut c = TestCluster::start_with(3, ClusterOptions { record_peers: true, ..Default::default() }).await;
     let history = History::new();
     let stop = Arc::new(AtomicBool::new(false));
