@@ -45,11 +45,7 @@ impl ClientError {
 /// Turn what a user types into the API root StackStorm clients would use:
 /// `http://h` → `http://h:9101/v1`, `h:9111` → `http://h:9111/v1`, `http://h:9101/api/v1` kept.
 pub fn endpoint_url(raw: &str) -> Result<Url, ClientError> {
-    let with_scheme = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
-    let mut url = Url::parse(&with_scheme).map_err(|_| ClientError::InvalidUrl(raw.to_string()))?;
-    if url.host_str().is_none() {
-        return Err(ClientError::InvalidUrl(raw.to_string()));
-    }
+    let mut url = parse_url(raw)?;
     let path = url.path().trim_end_matches('/').to_string();
     // Like st2client: a bare base URL (`http://host`) means the API port; a URL with a path
     // (`https://host/api/v1`, behind a proxy) is taken as it is.
@@ -60,6 +56,16 @@ pub fn endpoint_url(raw: &str) -> Result<Url, ClientError> {
     if !url.path().ends_with('/') {
         let p = format!("{}/", url.path());
         url.set_path(&p);
+    }
+    Ok(url)
+}
+
+/// A URL as a user types it: `http://` added when there is no scheme; a host is required.
+fn parse_url(raw: &str) -> Result<Url, ClientError> {
+    let with_scheme = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
+    let url = Url::parse(&with_scheme).map_err(|_| ClientError::InvalidUrl(raw.to_string()))?;
+    if url.host_str().is_none() {
+        return Err(ClientError::InvalidUrl(raw.to_string()));
     }
     Ok(url)
 }
@@ -76,11 +82,7 @@ pub fn endpoint_url(raw: &str) -> Result<Url, ClientError> {
 ///   `/v1` and then `/api` are replaced by `/auth/v1`, so `http://h:9101/v1` → `http://h:9101/auth/v1`.
 pub fn auth_url(raw_endpoint: &str) -> Result<Url, ClientError> {
     let raw = raw_endpoint.trim();
-    let with_scheme = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
-    let mut url = Url::parse(&with_scheme).map_err(|_| ClientError::InvalidUrl(raw.to_string()))?;
-    if url.host_str().is_none() {
-        return Err(ClientError::InvalidUrl(raw.to_string()));
-    }
+    let mut url = parse_url(raw)?;
     url.set_query(None);
     url.set_fragment(None);
     let path = url.path().trim_end_matches('/').to_string();
@@ -100,11 +102,7 @@ pub fn auth_url(raw_endpoint: &str) -> Result<Url, ClientError> {
 /// port or `/v1` is added: `http://h:9100` logs in at `http://h:9100/tokens`.
 pub fn tokens_url(auth_root: &str) -> Result<Url, ClientError> {
     let raw = auth_root.trim();
-    let with_scheme = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
-    let mut url = Url::parse(&with_scheme).map_err(|_| ClientError::InvalidUrl(raw.to_string()))?;
-    if url.host_str().is_none() {
-        return Err(ClientError::InvalidUrl(raw.to_string()));
-    }
+    let mut url = parse_url(raw)?;
     let path = format!("{}/tokens", url.path().trim_end_matches('/'));
     url.set_path(&path);
     Ok(url)

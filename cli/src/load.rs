@@ -184,7 +184,7 @@ fn build(
 }
 
 /// `json.dumps(value)` as Python writes it: `", "` and `": "` separators, non-ASCII escaped as
-/// `\uXXXX`, mapping order kept. This is what st2 stores with `--convert`, byte for byte for the
+/// `\u00e9`-style escapes, mapping order kept. This is what st2 stores with `--convert`, byte for byte for the
 /// usual values (Python spells some floats differently, e.g. `1e+20`).
 pub fn python_json(v: &Value) -> Result<String, String> {
     let mut out = Vec::new();
