@@ -271,9 +271,7 @@ impl Client {
 
     /// `GET /v1/user`: who the credentials belong to (`st2 whoami`).
     pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
-        self.call(Method::GET, "user", &[], NO_BODY)
-            .await?
-            .ok_or_else(|| ClientError::Decode("empty body".into()))
+        self.call_one(Method::GET, "user", &[], NO_BODY).await
     }
 
     /// `DELETE /v1/tokens/{token}`: log out. The token's owner (for instance the token itself, as
@@ -299,9 +297,7 @@ impl Client {
 
     /// `GET /v1/cluster/status` (admins): the answering node's view of the cluster.
     pub async fn cluster_status(&self) -> Result<serde_json::Value, ClientError> {
-        self.call(Method::GET, "cluster/status", &[], NO_BODY)
-            .await?
-            .ok_or_else(|| ClientError::Decode("empty body".into()))
+        self.call_one(Method::GET, "cluster/status", &[], NO_BODY).await
     }
 
     /// `POST /v1/cluster/members` (admins): add node `id` (learner first, voter once caught up).
@@ -411,6 +407,17 @@ impl Client {
         Err(ClientError::Unreachable(failures.join("; ")))
     }
 
+    /// [`Client::call`] for an answer that must have a body.
+    async fn call_one<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        self.call(method, path, query, body).await?.ok_or_else(|| ClientError::Decode("empty body".into()))
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -481,10 +488,7 @@ impl Keys<'_> {
         if opts.stale {
             q.push(("consistency", "stale".into()));
         }
-        self.client
-            .call(Method::GET, &key_path(name), &q, NO_BODY)
-            .await?
-            .ok_or_else(|| ClientError::Decode("empty body".into()))
+        self.client.call_one(Method::GET, &key_path(name), &q, NO_BODY).await
     }
 
     /// `GET /v1/keys`.
@@ -513,10 +517,7 @@ impl Keys<'_> {
 
     /// `PUT /v1/keys/{name}`: create or replace; answers the key as stored.
     pub async fn set(&self, req: &KeyValuePairRequest) -> Result<KeyValuePair, ClientError> {
-        self.client
-            .call(Method::PUT, &key_path(&req.name), &[], Some(req))
-            .await?
-            .ok_or_else(|| ClientError::Decode("empty body".into()))
+        self.client.call_one(Method::PUT, &key_path(&req.name), &[], Some(req)).await
     }
 
     /// `DELETE /v1/keys/{name}`.
@@ -577,26 +578,17 @@ impl ApiKeys<'_> {
     /// `GET /v1/apikeys/{id}`.
     pub async fn get(&self, id: &str, show_secrets: bool) -> Result<ApiKey, ClientError> {
         let q = if show_secrets { vec![("show_secrets", "true".to_string())] } else { Vec::new() };
-        self.client
-            .call(Method::GET, &segment_path("apikeys/", id), &q, NO_BODY)
-            .await?
-            .ok_or_else(|| ClientError::Decode("empty body".into()))
+        self.client.call_one(Method::GET, &segment_path("apikeys/", id), &q, NO_BODY).await
     }
 
     /// `POST /v1/apikeys`: answers the new key, its plaintext `key` shown this once.
     pub async fn create(&self, req: &ApiKeyRequest) -> Result<ApiKey, ClientError> {
-        self.client
-            .call(Method::POST, "apikeys/", &[], Some(req))
-            .await?
-            .ok_or_else(|| ClientError::Decode("empty body".into()))
+        self.client.call_one(Method::POST, "apikeys/", &[], Some(req)).await
     }
 
     /// `PUT /v1/apikeys/{id}`: change `enabled` and/or `metadata`.
     pub async fn update(&self, id: &str, update: &ApiKeyUpdate) -> Result<ApiKey, ClientError> {
-        self.client
-            .call(Method::PUT, &segment_path("apikeys/", id), &[], Some(update))
-            .await?
-            .ok_or_else(|| ClientError::Decode("empty body".into()))
+        self.client.call_one(Method::PUT, &segment_path("apikeys/", id), &[], Some(update)).await
     }
 
     /// `PUT /v1/apikeys/{id}` with `{"enabled": enabled}`.
@@ -627,26 +619,17 @@ impl Users<'_> {
 
     /// `GET /v1/users/{name}`.
     pub async fn get(&self, name: &str) -> Result<User, ClientError> {
-        self.client
-            .call(Method::GET, &segment_path("users/", name), &[], NO_BODY)
-            .await?
-            .ok_or_else(|| ClientError::Decode("empty body".into()))
+        self.client.call_one(Method::GET, &segment_path("users/", name), &[], NO_BODY).await
     }
 
     /// `POST /v1/users` (admins only).
     pub async fn create(&self, req: &UserRequest) -> Result<User, ClientError> {
-        self.client
-            .call(Method::POST, "users/", &[], Some(req))
-            .await?
-            .ok_or_else(|| ClientError::Decode("empty body".into()))
+        self.client.call_one(Method::POST, "users/", &[], Some(req)).await
     }
 
     /// `PUT /v1/users/{name}`.
     pub async fn update(&self, name: &str, update: &UserUpdate) -> Result<User, ClientError> {
-        self.client
-            .call(Method::PUT, &segment_path("users/", name), &[], Some(update))
-            .await?
-            .ok_or_else(|| ClientError::Decode("empty body".into()))
+        self.client.call_one(Method::PUT, &segment_path("users/", name), &[], Some(update)).await
     }
 
     /// `DELETE /v1/users/{name}` (admins only, never oneself).
