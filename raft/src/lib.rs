@@ -42,7 +42,7 @@ pub mod types;
 use std::io::Cursor;
 
 pub use types::{
-    AuxRecord, Command, Cond, Guard, KeyId, Node, Op, Outcome, Record, Request, Response, Scope,
+    AuxRecord, Command, Cond, Guard, KeyChange, KeyId, Node, Op, Outcome, Record, Request, Response, Scope,
 };
 
 pub type NodeId = u64;

@@ -86,6 +86,9 @@ pub struct Store {
     pub log: LogStore,
     pub state_machine: StateMachine,
     pub view: StateView,
+    /// Every key change this node applies, in apply order (see [`KeyChange`]). In memory only:
+    /// a subscriber that falls more than a buffer behind, or a restart, loses changes.
+    pub changes: tokio::sync::broadcast::Sender<KeyChange>,
 }
 
 /// Open (or create) the store under `dir`. `durable` adds an `fdatasync` to every sync.
@@ -99,14 +102,16 @@ pub fn open(dir: &Path, durable: bool) -> Result<Store, StoreError> {
     };
     let disk = Arc::new(Disk { db: db.clone(), log_file });
     let sm = db.open_tree("sm")?;
+    let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
     Ok(Store {
+        changes: changes.clone(),
         disk: disk.clone(),
         log: LogStore {
             disk: disk.clone(),
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
         },
-        state_machine: StateMachine { disk, sm: sm.clone(), snap: db.open_tree("snapshot")? },
+        state_machine: StateMachine { disk, sm: sm.clone(), snap: db.open_tree("snapshot")?, changes },
         view: StateView { sm, snap: db.open_tree("snapshot")? },
     })
 }
@@ -271,7 +276,11 @@ pub struct StateMachine {
     disk: Arc<Disk>,
     sm: sled::Tree,
     snap: sled::Tree,
+    changes: tokio::sync::broadcast::Sender<KeyChange>,
 }
+
+/// How many key changes a slow subscriber may fall behind before it misses some.
+const CHANGE_BUFFER: usize = 16_384;
 
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
@@ -280,11 +289,15 @@ const SNAP_DATA: &[u8] = b"data";
 struct Overlay<'a> {
     tree: &'a sled::Tree,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Key changes made by this batch, published once it is written.
+    changes: Vec<KeyChange>,
+    /// Where the op being applied sits: `(log index, position in the entry)`.
+    at: (u64, u32),
 }
 
 impl<'a> Overlay<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        Overlay { tree, writes: BTreeMap::new() }
+        Overlay { tree, writes: BTreeMap::new(), changes: Vec::new(), at: (0, 0) }
     }
 
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -372,6 +385,14 @@ fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome,
                 ov.put(expiry_key(*t, &kvk), Vec::new());
             }
             ov.put(kvk, encode(&record));
+            let (index, seq) = ov.at;
+            ov.changes.push(KeyChange {
+                index,
+                seq,
+                key: key.clone(),
+                old: live.clone(),
+                new: Some(record.clone()),
+            });
             Outcome::Put { record, created: live.is_none() }
         }
         Command::Delete { key, now_ms } => {
@@ -386,6 +407,14 @@ fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome,
                     if old.is_expired(*now_ms) {
                         Outcome::NotFound
                     } else {
+                        let (index, seq) = ov.at;
+                        ov.changes.push(KeyChange {
+                            index,
+                            seq,
+                            key: key.clone(),
+                            old: Some(old.clone()),
+                            new: None,
+                        });
                         Outcome::Deleted { record: old }
                     }
                 }
@@ -471,7 +500,8 @@ fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response
     }
     let mut outcomes = Vec::with_capacity(req.ops.len());
     let mut applied = 0u64;
-    for op in &req.ops {
+    for (seq, op) in req.ops.iter().enumerate() {
+        ov.at = (index, seq as u32);
         if let Some(id) = op.id {
             if let Some(prev) = ov.get(&dedup_key(id))? {
                 outcomes.push(decode(&prev)?);
@@ -576,7 +606,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(last) = last {
             ov.put(META_APPLIED.to_vec(), encode(&last));
         }
+        let changes = std::mem::take(&mut ov.changes);
         self.sm.apply_batch(ov.into_batch()).map_err(|e| werr(e.into()))?;
+        for c in changes {
+            // No subscriber is not an error: the feed is best-effort and in memory only.
+            let _ = self.changes.send(c);
+        }
         Ok(responses)
     }
 

@@ -201,6 +201,20 @@ pub enum Outcome {
     GuardFailed,
 }
 
+/// A change to one key, as observed by every replica when it applies the entry that made it.
+/// `(index, seq)` names it identically on every node: `seq` is the op's position in the entry.
+/// Expiry purges are not reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyChange {
+    pub index: u64,
+    pub seq: u32,
+    pub key: KeyId,
+    /// The live record before the change (None for a creation).
+    pub old: Option<Record>,
+    /// The record after the change (None for a deletion).
+    pub new: Option<Record>,
+}
+
 /// The result of applying one entry: one outcome per op, in order (empty for blank and
 /// membership entries).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
