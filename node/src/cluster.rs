@@ -34,10 +34,10 @@ struct ReadQueue {
     waiters: Vec<oneshot::Sender<Result<(), ApiError>>>,
 }
 
+/// One caller's commands: they travel in the same entry, in order, and so apply atomically.
 struct Pending {
-    cmd: Command,
-    guards: Vec<st2kv_raft::Guard>,
-    tx: oneshot::Sender<Result<Outcome, ApiError>>,
+    cmds: Vec<(Command, Vec<st2kv_raft::Guard>)>,
+    tx: oneshot::Sender<Result<Vec<Outcome>, ApiError>>,
 }
 
 /// Shared handle to this node's Raft, its state and its peers.
@@ -113,10 +113,20 @@ impl Cluster {
         cmd: Command,
         guards: Vec<st2kv_raft::Guard>,
     ) -> Result<Outcome, ApiError> {
+        let mut outcomes = self.propose_all(vec![(cmd, guards)]).await?;
+        outcomes.pop().ok_or_else(|| ApiError::Internal("a proposal came back without its outcome".into()))
+    }
+
+    /// Replicate several commands in one Raft entry: they are applied together, in order, or not
+    /// at all (each still subject to its own condition and guards). One outcome per command.
+    pub async fn propose_all(
+        &self,
+        cmds: Vec<(Command, Vec<st2kv_raft::Guard>)>,
+    ) -> Result<Vec<Outcome>, ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
         let (free, min) = (self.free_mb.load(Relaxed), self.min_free_mb.load(Relaxed));
         // A purge of expired keys frees space: let it through.
-        if free < min && !matches!(cmd, Command::PurgeExpired { .. }) {
+        if free < min && !cmds.iter().all(|(c, _)| matches!(c, Command::PurgeExpired { .. })) {
             return Err(ApiError::InsufficientStorage(format!(
                 "Node {} has {free} MiB free in its data dir, below its reserve of {min} MiB: writes are refused until space is freed.",
                 self.id
@@ -124,7 +134,7 @@ impl Cluster {
         }
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send(Pending { cmd, guards, tx })
+            .send(Pending { cmds, tx })
             .await
             .map_err(|_| ApiError::Unavailable("This node is shutting down.".into()))?;
         rx.await.map_err(|_| ApiError::Unavailable("This node is shutting down.".into()))?
@@ -315,25 +325,28 @@ async fn batcher(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<Pendi
         }
         let Some(cluster) = cluster.upgrade() else { return };
         tokio::spawn(async move {
-            let n = batch.len();
-            let mut txs = Vec::with_capacity(n);
-            let mut ops = Vec::with_capacity(n);
+            let mut txs = Vec::with_capacity(batch.len());
+            let mut ops = Vec::with_capacity(batch.len());
             for p in batch {
-                ops.push(Op { id: Some(rand::random()), cmd: p.cmd, guards: p.guards });
-                txs.push(p.tx);
+                txs.push((p.tx, p.cmds.len()));
+                for (cmd, guards) in p.cmds {
+                    ops.push(Op { id: Some(rand::random()), cmd, guards });
+                }
             }
+            let n = ops.len();
             let req = Request { proposed_at_ms: now_ms(), ops };
             let started = Instant::now();
             let result = cluster.submit(req).await;
             cluster.metrics.observe_proposal(n, started.elapsed());
             match result {
                 Ok(resp) => {
-                    for (tx, outcome) in txs.into_iter().zip(resp.outcomes) {
-                        let _ = tx.send(Ok(outcome));
+                    let mut outcomes = resp.outcomes.into_iter();
+                    for (tx, k) in txs {
+                        let _ = tx.send(Ok(outcomes.by_ref().take(k).collect()));
                     }
                 }
                 Err(e) => {
-                    for tx in txs {
+                    for (tx, _) in txs {
                         let _ = tx.send(Err(e.clone()));
                     }
                 }
