@@ -342,6 +342,67 @@ impl Client {
         Ok(b.0)
     }
 
+    /// `GET /v1/rules`.
+    pub async fn list_rules(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.call_one(Method::GET, "rules", &[], NO_BODY).await
+    }
+
+    /// `GET /v1/rules/{ref_or_id}`.
+    pub async fn get_rule(&self, ref_or_id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call_one(Method::GET, &segment_path("rules/", ref_or_id), &[], NO_BODY).await
+    }
+
+    /// `POST /v1/rules` (admins).
+    pub async fn create_rule(&self, rule: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        self.call_one(Method::POST, "rules", &[], Some(rule)).await
+    }
+
+    /// `PUT /v1/rules/{ref_or_id}` (admins).
+    pub async fn update_rule(
+        &self,
+        ref_or_id: &str,
+        rule: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.call_one(Method::PUT, &segment_path("rules/", ref_or_id), &[], Some(rule)).await
+    }
+
+    /// `POST /v1/rules/{ref_or_id}/enable|disable` (admins).
+    pub async fn set_rule_enabled(
+        &self,
+        ref_or_id: &str,
+        enabled: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let verb = if enabled { "enable" } else { "disable" };
+        self.call_one(Method::POST, &format!("{}/{verb}", segment_path("rules/", ref_or_id)), &[], NO_BODY)
+            .await
+    }
+
+    /// `DELETE /v1/rules/{ref_or_id}` (admins).
+    pub async fn delete_rule(&self, ref_or_id: &str) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(Method::DELETE, &segment_path("rules/", ref_or_id), &[], NO_BODY)
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/templates/render`: `request` holds one of `template`, `object` or `rule`, and
+    /// optionally `trigger` and `user`.
+    pub async fn render(&self, request: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        self.call_one(Method::POST, "templates/render", &[], Some(request)).await
+    }
+
+    /// `GET /v1/executions` with filters (`rule`, `status`, `action`, `limit`).
+    pub async fn list_executions(
+        &self,
+        query: &[(&str, String)],
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.call_one(Method::GET, "executions", query, NO_BODY).await
+    }
+
+    /// `GET /v1/executions/{id}`.
+    pub async fn get_execution(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call_one(Method::GET, &segment_path("executions/", id), &[], NO_BODY).await
+    }
+
     /// Send one request, moving to the next endpoint while nodes cannot be reached. Returns the
     /// status and body of the first node that answered.
     async fn send(

@@ -114,6 +114,20 @@ pub enum Command {
     /// Back up the cluster (admins).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Manage rules (StackStorm's shape, JSON or YAML files; changes need an admin).
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// Inspect what rules ran.
+    #[command(subcommand)]
+    Execution(ExecutionCommand),
+    /// Render a template, a JSON/YAML object or a rule's action parameters against the live
+    /// cluster, reporting every missing key and every key you may not decrypt.
+    #[command(after_help = "FILE holding a rule (an object with `trigger` and `action`) renders the \
+                            rule's action parameters as the rules engine would (system keys only); \
+                            any other JSON/YAML object or array is rendered leaf by leaf; anything \
+                            else is one template. `-` reads standard input. Exit status 1 when \
+                            something was missing, denied or failed.")]
+    Render(RenderArgs),
     /// Create, rotate or prune the keyring nodes encrypt secrets with (a local file; no server
     /// or credentials needed).
     #[command(after_help = "Key rotation: `st2kv keygen --rotate --key-path FILE`, copy FILE to every \
@@ -782,4 +796,56 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Create a rule from a JSON or YAML file (`-` for standard input).
+    Create { file: PathBuf },
+    /// List rules.
+    List,
+    /// Show one rule.
+    Get {
+        /// The rule's ref (`pack.name`) or id.
+        r#ref: String,
+    },
+    /// Replace a rule with the one in FILE (same pack and name).
+    Update { r#ref: String, file: PathBuf },
+    /// Delete a rule.
+    Delete { r#ref: String },
+    /// Enable a rule.
+    Enable { r#ref: String },
+    /// Disable a rule.
+    Disable { r#ref: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExecutionCommand {
+    /// List executions, newest first.
+    List {
+        /// Only this rule's (ref).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only executions in this status (scheduled, requested, running, succeeded, failed, abandoned).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        last: u32,
+    },
+    /// Show one execution.
+    Get { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The template, object or rule (JSON or YAML; `-` for standard input).
+    pub file: PathBuf,
+    /// Render as this user (admins; others may only name themselves): their `st2kv.user` keys
+    /// and their rights.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// A trigger payload (JSON) for `{{ trigger.* }}`.
+    #[arg(long, value_name = "JSON")]
+    pub trigger: Option<String>,
 }

@@ -157,6 +157,7 @@ use st2kv_api::Client;
 
 pub mod accounts;
 pub mod args;
+mod automation;
 pub mod commands;
 pub mod config;
 pub mod keygen;
@@ -242,6 +243,9 @@ pub async fn execute_in(cli: Cli, env: Env<'_>) -> Outcome {
         Command::User(cmd) => (accounts::user(cmd, &cx).await, true),
         Command::Cluster(cmd) => (ops::cluster(cmd, &cx).await, true),
         Command::Snapshot(cmd) => (ops::snapshot(cmd, &cx).await, true),
+        Command::Rule(cmd) => (automation::rule(cmd, &cx).await, true),
+        Command::Execution(cmd) => (automation::execution(cmd, &cx).await, true),
+        Command::Render(a) => (automation::render(a, &cx).await, true),
         // Handled before any of the above was set up; kept here so the match stays exhaustive.
         Command::Keygen(a) => (keygen::run(&a, format), false),
     };

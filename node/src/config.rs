@@ -166,6 +166,11 @@ pub struct Config {
     #[arg(long, env = "ST2KV_MIN_FREE_MB", default_value_t = 64)]
     pub min_free_mb: u64,
 
+    /// The period of the `st2.timer.daily` trigger, in milliseconds: a day. Tests shorten it.
+    #[arg(long, env = "ST2KV_DAILY_TIMER_PERIOD_MS", default_value_t = 86_400_000,
+          value_parser = clap::value_parser!(i64).range(1000..))]
+    pub daily_timer_period_ms: i64,
+
     /// Log format: `plain` or `json`.
     #[arg(long, env = "ST2KV_LOG_FORMAT", default_value = "plain")]
     pub log_format: String,

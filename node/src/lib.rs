@@ -40,10 +40,14 @@ pub mod accounts;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod keys;
 pub mod metrics;
+pub mod rules;
+pub mod runners;
 pub mod secrets;
+pub mod templates;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -76,6 +80,8 @@ pub struct App {
     pub secrets: secrets::Secrets,
     /// `host:port` of this node's API, as clients should see it.
     pub api_advertise: String,
+    /// The rules engine's shared state.
+    pub engine: engine::Shared,
 }
 
 /// Route table of the keys API, mounted under several prefixes.
@@ -107,6 +113,16 @@ fn key_routes() -> Router<Arc<App>> {
         )
         .route("/tokens/{token}", axum::routing::delete(accounts::revoke_token))
         .route("/keyring/reencrypt", axum::routing::post(keys::reencrypt))
+        .route("/templates/render", axum::routing::post(templates::render))
+        .route("/rules", g(rules::list).post(rules::create))
+        .route("/rules/", g(rules::list).post(rules::create))
+        .route("/rules/{ref_or_id}", g(rules::get).put(rules::update).delete(rules::delete))
+        .route("/rules/{ref_or_id}/{verb}", axum::routing::post(rules::enable))
+        .route("/webhooks/{*url}", axum::routing::post(engine::webhook))
+        .route("/executions", g(engine::list_executions))
+        .route("/executions/", g(engine::list_executions))
+        .route("/executions/{id}", g(engine::get_execution).put(engine::complete_execution))
+        .route("/executions/{id}/claim", axum::routing::post(engine::claim_execution))
         .route("/", p(keys::put_without_name))
 }
 
@@ -443,6 +459,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     let store = st2kv_raft::store::open(&config.data_dir, !config.no_fsync)
         .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
     let disk = store.disk.clone();
+    let key_changes = store.changes.subscribe();
     let tuning = RaftTuning {
         heartbeat_ms: config.heartbeat_ms,
         election_min_ms: config.election_timeout_ms,
@@ -523,6 +540,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
             dummy_hash: auth::hash_password(hex::encode(rand::random::<[u8; 16]>())).await?,
         },
         api_advertise: config.api_advertise(),
+        engine: engine::Shared::new(config.daily_timer_period_ms),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -554,6 +572,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         }
         _ => None,
     };
+    let engine_tasks =
+        [tokio::spawn(engine::feed(app.clone(), key_changes)), tokio::spawn(engine::run(app.clone()))];
     let sweeper =
         tokio::spawn(cluster::ttl_sweeper(cluster.clone(), Duration::from_millis(config.ttl_sweep_ms)));
     let disk_watch =
@@ -579,6 +599,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     }
     sweeper.abort();
     disk_watch.abort();
+    for t in engine_tasks {
+        t.abort();
+    }
     if let Some(t) = joiner {
         t.abort();
     }
