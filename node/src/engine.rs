@@ -124,6 +124,10 @@ pub struct Execution {
     pub node: Option<u64>,
     /// The external worker that claimed it.
     pub claimed_by: Option<String>,
+    /// Who asked for a manual run (`POST /v1/executions`): `st2kv.user` resolves to their keys.
+    /// Rule executions have none.
+    #[serde(default)]
+    pub user: Option<String>,
     /// What the parameters were rendered from, so they can be rendered again for a recovered
     /// execution or a worker's claim without ever storing plaintext.
     pub templates: Value,
@@ -143,7 +147,7 @@ impl Execution {
             "trigger_instance": {"id": self.trigger_instance, "payload": self.payload},
             "start_timestamp": format_timestamp(self.created_ms),
             "end_timestamp": self.end_ms.map(format_timestamp),
-            "context": {"node": self.node, "claimed_by": self.claimed_by},
+            "context": {"node": self.node, "claimed_by": self.claimed_by, "user": self.user},
         })
     }
 }
@@ -481,6 +485,7 @@ async fn evaluate(
             end_ms: (status == STATUS_FAILED).then(now_ms),
             node: None,
             claimed_by: None,
+            user: None,
             templates,
             payload: ti.payload.clone(),
         };
@@ -565,9 +570,14 @@ async fn dispatch(app: Arc<App>, mut ex: Execution, rev: u64, params: Value, sec
     tracing::error!(execution = %ex.id, "could not record an execution's result");
 }
 
-/// Render an execution's parameters again (plaintext), for recovery or a worker's claim.
+/// Render an execution's parameters again (plaintext), for recovery or a worker's claim. A
+/// manual run's requester had their rights checked when it was created.
 fn rerender(app: &Arc<App>, ex: &Execution) -> Result<(Value, Vec<String>), ApiError> {
-    let out = crate::templates::rule_renderer(app)
+    let renderer = match &ex.user {
+        None => crate::templates::rule_renderer(app),
+        Some(u) => crate::templates::user_renderer(app, u, true),
+    };
+    let out = renderer
         .render(&ex.templates, &json!({"trigger": ex.payload}))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok((out.value, out.secrets))
@@ -658,6 +668,81 @@ pub async fn webhook(
     }
     app.engine.wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    action: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// `POST /v1/executions` `{"action": REF, "parameters": {...}}`: run an action by hand, as the
+/// caller. Parameters are rendered with the caller's `st2kv.user` keys and rights (a secret the
+/// caller may not decrypt refuses the run, 403). Built-in runners that reach outside the cluster
+/// (`core.local`, `core.http`) need an admin. 201 with the execution.
+pub async fn run_execution(
+    State(app): State<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req = authenticate_write(&app, &headers, &q).await?;
+    let run: RunRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("Failed to parse request body: {e}")))?;
+    let action = run.action.trim().to_string();
+    if action.is_empty() {
+        return Err(ApiError::BadRequest("action: required (an action ref such as core.noop)".into()));
+    }
+    if matches!(action.as_str(), "core.local" | "core.http") {
+        req.require_admin(&format!("run {action}"))?;
+    }
+    let templates = Value::Object(run.parameters);
+    app.cluster.linearize().await?;
+    let out = crate::templates::user_renderer(&app, &req.user, req.admin)
+        .render(&templates, &json!({"trigger": {}}))
+        .map_err(|e| match e.to_string() {
+            m if m.contains("may not decrypt") => ApiError::Forbidden(format!("parameters.{m}")),
+            m => ApiError::BadRequest(format!("parameters.{m}")),
+        })?;
+    let now = now_ms();
+    let ex = Execution {
+        id: format!("{:012x}{}", (now.max(0) as u64) & 0xffff_ffff_ffff, &new_id()[..12]),
+        rule: String::new(),
+        rule_id: String::new(),
+        trigger_instance: String::new(),
+        trigger: String::new(),
+        status: if is_builtin(&action) { STATUS_SCHEDULED } else { STATUS_REQUESTED }.into(),
+        action,
+        parameters: out.masked,
+        result: json!({}),
+        created_ms: now,
+        started_ms: None,
+        end_ms: None,
+        node: None,
+        claimed_by: None,
+        user: Some(req.user.clone()),
+        templates,
+        payload: json!({}),
+    };
+    let cmd = Command::PutAux {
+        table: EXECUTIONS.into(),
+        key: ex.id.clone(),
+        value: encode_rec(&ex),
+        expire_at_ms: Some(ex.created_ms + EX_KEEP_MS),
+        cond: Cond::Absent,
+    };
+    let revision = match app.cluster.propose_guarded(cmd, req.guards.clone()).await? {
+        Outcome::AuxPut { revision, .. } => revision,
+        Outcome::GuardFailed => return Err(ApiError::Unauthorized("Unauthorized".into())),
+        other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+    };
+    tracing::info!(target: "audit", user = %req.user, execution = %ex.id, action = %ex.action, "execution requested");
+    if ex.status == STATUS_SCHEDULED {
+        tokio::spawn(dispatch(app.clone(), ex.clone(), revision, out.value, out.secrets));
+    }
+    Ok((StatusCode::CREATED, Json(ex.to_json())))
 }
 
 fn load_execution(app: &App, id: &str) -> Result<(Execution, u64), ApiError> {

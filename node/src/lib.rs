@@ -28,6 +28,13 @@
 //! Operators get `/metrics` (Prometheus), `/v1/health/{live,ready}`, `/v1/cluster/status` and
 //! membership changes (`/v1/cluster/members`, or `--join` on a new node).
 //!
+//! Automation ([`rules`], [`engine`], [`templates`], [`runners`]): StackStorm-style rules are
+//! replicated; every event (webhook, timer, key change) is committed as a trigger instance before
+//! the leader evaluates it, and each (instance, rule) pair gets one execution id, recorded
+//! create-if-absent, so a rule fires once per event across leader changes. Templates render
+//! against the local state machine after a read barrier; decrypted values are masked in
+//! everything stored.
+//!
 //! Backups: `GET /v1/cluster/snapshot` streams a consistent snapshot with a SHA-256 checksum
 //! (secrets stay ciphertext); `--restore-from FILE` seeds a new cluster's nodes from it.
 //!
@@ -119,8 +126,8 @@ fn key_routes() -> Router<Arc<App>> {
         .route("/rules/{ref_or_id}", g(rules::get).put(rules::update).delete(rules::delete))
         .route("/rules/{ref_or_id}/{verb}", axum::routing::post(rules::enable))
         .route("/webhooks/{*url}", axum::routing::post(engine::webhook))
-        .route("/executions", g(engine::list_executions))
-        .route("/executions/", g(engine::list_executions))
+        .route("/executions", g(engine::list_executions).post(engine::run_execution))
+        .route("/executions/", g(engine::list_executions).post(engine::run_execution))
         .route("/executions/{id}", g(engine::get_execution).put(engine::complete_execution))
         .route("/executions/{id}/claim", axum::routing::post(engine::claim_execution))
         .route("/", p(keys::put_without_name))

@@ -88,6 +88,14 @@ pub fn rule_renderer(app: &Arc<App>) -> Renderer {
     Renderer::new(Arc::new(lookup), RenderOptions { user_scope: false, collect: false })
 }
 
+/// The renderer for a manual run or a dry-run: `user`'s keys in `st2kv.user`, failing on the
+/// first problem.
+pub fn user_renderer(app: &Arc<App>, user: &str, admin: bool) -> Renderer {
+    let lookup =
+        StoreLookup { app: app.clone(), user: Some(user.to_string()), admin, on_behalf_of: user.to_string() };
+    Renderer::new(Arc::new(lookup), RenderOptions { user_scope: true, collect: false })
+}
+
 /// What the dry-run endpoint accepts: exactly one of `template`, `object` or `rule`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

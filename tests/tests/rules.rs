@@ -508,6 +508,72 @@ async fn the_dry_run_reports_every_problem_and_the_cli_manages_rules() {
     .await;
     assert_eq!(b["result"], "dflt-eu-1");
 
+    // A manual run as bob resolves bob's st2kv.user keys; bob may not run commands on the
+    // cluster nor pass a secret he may not decrypt.
+    let (s, b) = call(
+        &c,
+        1,
+        &bob,
+        "POST",
+        "/v1/executions",
+        Some(json!({"action": "core.noop", "parameters": {"home": "{{ st2kv.user.home }}"}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["parameters"]["home"], "/home/bob");
+    assert_eq!(b["context"]["user"], "bob");
+    let id = b["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, e) = call(&c, 2, &bob, "GET", &format!("/v1/executions/{id}"), None).await;
+        if e["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the manual run did not finish: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, b) = call(
+        &c,
+        1,
+        &bob,
+        "POST",
+        "/v1/executions",
+        Some(json!({"action": "core.local", "parameters": {"cmd": "id"}})),
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = call(
+        &c,
+        1,
+        &bob,
+        "POST",
+        "/v1/executions",
+        Some(
+            json!({"action": "core.noop", "parameters": {"t": "{{ st2kv.system.api.token | decrypt_kv }}"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    // Rules see system keys only: a rule reading st2kv.user fails its execution, saying why.
+    create_rule(
+        &c,
+        json!({"name": "userish", "trigger": {"type": "core.st2.webhook", "parameters": {"url": "userish"}},
+                           "action": {"ref": "core.noop", "parameters": {"h": "{{ st2kv.user.home }}"}}}),
+    )
+    .await;
+    let (s, _) = admin(&c, "POST", "/v1/webhooks/userish", Some(json!({}))).await;
+    assert_eq!(s, 202);
+    let list = wait_executions(&c, "default.userish", Duration::from_secs(20), "the rule to fail", |l| {
+        !l.is_empty()
+    })
+    .await;
+    assert_eq!(list[0]["status"], "failed");
+    assert!(
+        list[0]["result"]["error"].as_str().unwrap().contains("st2kv.user is not available to rules"),
+        "{}",
+        list[0]
+    );
+
     // Our CLI: rules from YAML, list/get/disable/enable/delete, and `render` against a rule.
     let home = tempfile::tempdir().unwrap();
     let env = [("ST2_AUTH_TOKEN", c.admin_token.as_str())];
