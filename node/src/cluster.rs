@@ -163,7 +163,12 @@ impl Cluster {
                     if let Err(e) = &r {
                         tracing::debug!(leader = id, error = %e, "forwarding a batch failed");
                     }
-                    r
+                    // The leader's Raft stopping (it is shutting down) is not ours: retry, and
+                    // the next leader takes the batch (its request ids keep that exactly-once).
+                    r.map_err(|e| match e {
+                        PeerError::Fatal(m) => PeerError::Unavailable(format!("the leader is stopping: {m}")),
+                        other => other,
+                    })
                 }
                 None => Err(PeerError::NotLeader { leader: None }),
             };
