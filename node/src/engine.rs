@@ -55,8 +55,10 @@ const KV_CURSOR: &str = "kv_cursor";
 
 const TI_KEEP_MS: i64 = 7 * 86_400_000;
 const EX_KEEP_MS: i64 = 30 * 86_400_000;
-/// Key changes each node keeps for a future leader to replay.
+/// Key changes each node keeps for a future leader to replay: at most this many, and at most
+/// [`KV_BUFFER_BYTES`] of them (values can be large).
 const KV_BUFFER: usize = 10_000;
+const KV_BUFFER_BYTES: usize = 32 << 20;
 /// Pending instances evaluated per engine round.
 const ROUND: usize = 64;
 
@@ -71,15 +73,15 @@ pub const STATUS_ABANDONED: &str = "abandoned";
 pub struct Shared {
     /// Wakes the engine (a webhook was just recorded here).
     pub wake: Notify,
-    /// This node's recent key changes, oldest first.
-    kv: Mutex<VecDeque<KeyChange>>,
+    /// This node's recent key changes, oldest first, and their approximate size in bytes.
+    kv: Mutex<(VecDeque<KeyChange>, usize)>,
     /// The period of `st2.timer.daily` (a day; tests shorten it).
     pub daily_period_ms: i64,
 }
 
 impl Shared {
     pub fn new(daily_period_ms: i64) -> Self {
-        Shared { wake: Notify::new(), kv: Mutex::new(VecDeque::new()), daily_period_ms }
+        Shared { wake: Notify::new(), kv: Mutex::new((VecDeque::new(), 0)), daily_period_ms }
     }
 }
 
@@ -186,11 +188,15 @@ pub async fn feed(app: Arc<App>, mut changes: tokio::sync::broadcast::Receiver<K
     loop {
         match changes.recv().await {
             Ok(c) => {
-                let mut kv = app.engine.kv.lock().expect("kv buffer lock");
-                if kv.len() == KV_BUFFER {
-                    kv.pop_front();
-                }
+                let mut guard = app.engine.kv.lock().expect("kv buffer lock");
+                let (kv, bytes) = &mut *guard;
+                *bytes += change_size(&c);
                 kv.push_back(c);
+                while kv.len() > KV_BUFFER || (*bytes > KV_BUFFER_BYTES && kv.len() > 1) {
+                    if let Some(old) = kv.pop_front() {
+                        *bytes -= change_size(&old);
+                    }
+                }
             }
             Err(RecvError::Lagged(n)) => {
                 tracing::warn!(
@@ -201,6 +207,13 @@ pub async fn feed(app: Arc<App>, mut changes: tokio::sync::broadcast::Receiver<K
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+fn change_size(c: &KeyChange) -> usize {
+    let rec = |r: &Option<st2kv_raft::Record>| {
+        r.as_ref().map_or(0, |r| r.value.len() + r.description.as_ref().map_or(0, String::len) + 64)
+    };
+    c.key.name.len() + c.key.user.len() + rec(&c.old) + rec(&c.new) + 64
 }
 
 /// The engine loop: idle on followers; on the leader, record key events and due timers, then
@@ -252,7 +265,20 @@ async fn round(app: &Arc<App>, kv_cursor: &mut u64) -> Result<(), ApiError> {
     // Criteria and parameters read keys: see every write acknowledged before this round.
     app.cluster.linearize().await?;
     for (id, rec) in pending.into_iter().take(ROUND) {
-        let ti: TriggerInstance = decode_rec(&rec.value)?;
+        let ti: TriggerInstance = match decode_rec(&rec.value) {
+            Ok(ti) => ti,
+            Err(e) => {
+                // Never let one unreadable record stop every later event.
+                tracing::error!(trigger_instance = %id, error = %e, "dropping an unreadable trigger instance");
+                let cmd = Command::DeleteAux {
+                    table: TI_PENDING.into(),
+                    key: id,
+                    cond: Cond::Revision(rec.revision),
+                };
+                app.cluster.propose(cmd).await?;
+                continue;
+            }
+        };
         evaluate(app, &rules, ti, rec.revision).await.map_err(|e| {
             tracing::warn!(trigger_instance = %id, error = %e, "evaluating a trigger instance failed");
             e
@@ -276,7 +302,7 @@ fn pending_put(ti: &TriggerInstance) -> Command {
 async fn record_key_events(app: &App, rules: &[StoredRule], kv_cursor: &mut u64) -> Result<(), ApiError> {
     let changes: Vec<KeyChange> = {
         let kv = app.engine.kv.lock().expect("kv buffer lock");
-        kv.iter().filter(|c| c.index > *kv_cursor).take(256).cloned().collect()
+        kv.0.iter().filter(|c| c.index > *kv_cursor).take(256).cloned().collect()
     };
     let Some(last) = changes.last().map(|c| c.index) else { return Ok(()) };
     let listeners: Vec<(KvEvent, u64)> = rules
