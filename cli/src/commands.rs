@@ -287,6 +287,31 @@ async fn delete_by_prefix(a: DeleteByPrefixArgs, cx: &Context<'_>) -> Outcome {
 /// Columns of the `key load` report. There is deliberately no value column (st2 issue #5924).
 const LOAD_COLUMNS: &[&str] = &["name", "scope", "user", "status"];
 
+/// What loading one item came to: the scope and user the server reported, or why it failed.
+type LoadStatus = Result<(Option<String>, Option<String>), String>;
+
+/// How many `key load` writes are in flight at once.
+const LOAD_CONCURRENCY: usize = 64;
+
+/// The round in which each item is written: items naming the same key go in successive rounds,
+/// so a file that sets a key twice still leaves the later value, while distinct keys are written
+/// concurrently.
+fn load_rounds(items: &[load::Item]) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<(String, String, String), usize> = Default::default();
+    items
+        .iter()
+        .map(|item| match &item.request {
+            Ok(req) => {
+                let id = (full_scope(&item.scope), item.user.clone().unwrap_or_default(), req.name.clone());
+                let n = seen.entry(id).or_insert(0);
+                *n += 1;
+                *n - 1
+            }
+            Err(_) => 0,
+        })
+        .collect()
+}
+
 async fn load_file(a: LoadArgs, cx: &Context<'_>) -> Outcome {
     let raw = match load::read_items(&a.file) {
         Ok(raw) => raw,
@@ -295,30 +320,53 @@ async fn load_file(a: LoadArgs, cx: &Context<'_>) -> Outcome {
     if raw.is_empty() && cx.format == Format::Table {
         return Outcome::ok(format!("No items found in {}", a.file.display()));
     }
+    let items: Vec<load::Item> =
+        raw.iter().enumerate().map(|(i, v)| load::to_item(v, i, a.convert)).collect();
+    let rounds = load_rounds(&items);
+    // One unreachable cluster is enough to know: do not wait for it once per item.
+    let unreachable: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let mut results: Vec<Option<LoadStatus>> = vec![None; items.len()];
+    for round in 0..=rounds.iter().copied().max().unwrap_or(0) {
+        let writes = (0..items.len()).filter(|&i| rounds[i] == round).map(|i| {
+            let unreachable = &unreachable;
+            let item = &items[i];
+            async move {
+                let status = match &item.request {
+                    Err(msg) => Err(msg.clone()),
+                    Ok(_) if unreachable.lock().expect("lock").is_some() => {
+                        Err("not attempted: no st2kv node reachable".to_string())
+                    }
+                    Ok(req) => match cx.client.keys().set(req).await {
+                        Ok(kv) => Ok((kv.scope, kv.user)),
+                        Err(e) => {
+                            if matches!(e, ClientError::Unreachable(_)) {
+                                unreachable.lock().expect("lock").get_or_insert_with(|| cx.describe(&e));
+                            }
+                            Err(cx.describe(&e))
+                        }
+                    },
+                };
+                (i, status)
+            }
+        });
+        let done: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+            futures::stream::iter(writes),
+            LOAD_CONCURRENCY,
+        ))
+        .await;
+        for (i, status) in done {
+            results[i] = Some(status);
+        }
+    }
     let mut rows = Vec::new();
     let mut failed = 0;
-    let mut unreachable: Option<String> = None;
-    for (i, v) in raw.iter().enumerate() {
-        let item = load::to_item(v, i, a.convert);
+    for (item, status) in items.into_iter().zip(results) {
+        let status = status.unwrap_or_else(|| Err("not attempted".to_string()));
         let (mut scope, mut user) = (full_scope(&item.scope), item.user.clone());
-        let status = match (&item.request, &unreachable) {
-            (Err(msg), _) => Err(msg.clone()),
-            // One unreachable cluster is enough to know: do not wait for it once per item.
-            (Ok(_), Some(_)) => Err("not attempted: no st2kv node reachable".to_string()),
-            (Ok(req), None) => match cx.client.keys().set(req).await {
-                Ok(kv) => {
-                    scope = kv.scope.unwrap_or(scope);
-                    user = kv.user.or(user);
-                    Ok(())
-                }
-                Err(e) => {
-                    if matches!(e, ClientError::Unreachable(_)) {
-                        unreachable = Some(cx.describe(&e));
-                    }
-                    Err(cx.describe(&e))
-                }
-            },
-        };
+        if let Ok((s, u)) = &status {
+            scope = s.clone().unwrap_or(scope);
+            user = u.clone().or(user);
+        }
         failed += usize::from(status.is_err());
         let mut row: BTreeMap<&'static str, Value> = BTreeMap::new();
         row.insert("name", Value::String(item.label));
@@ -330,7 +378,7 @@ async fn load_file(a: LoadArgs, cx: &Context<'_>) -> Outcome {
         rows.push(row);
     }
     let stdout = output::render_rows(&rows, LOAD_COLUMNS, cx.format);
-    match (unreachable, failed) {
+    match (unreachable.into_inner().expect("lock"), failed) {
         (Some(e), _) => Outcome { stdout, error: Some(e), hint: None, code: EXIT_FAILURE },
         (None, 0) => Outcome::ok(stdout),
         (None, n) => Outcome {
@@ -414,6 +462,20 @@ pub fn render_reencrypt(r: &st2kv_api::ReencryptReport, fmt: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_named_twice_in_a_load_file_is_written_in_order() {
+        let doc: Vec<serde_yaml::Value> = serde_yaml::from_str(
+            r#"[{"name": "a", "value": "1"}, {"name": "b", "value": "1"},
+                {"name": "a", "value": "2", "scope": "st2kv.system"},
+                {"name": "a", "value": "u", "scope": "user"}, {"name": "a", "value": "3"}, {"value": "no name"}]"#,
+        )
+        .unwrap();
+        let items: Vec<load::Item> =
+            doc.iter().enumerate().map(|(i, v)| load::to_item(v, i, false)).collect();
+        // `system` and `st2kv.system` are the same scope; the user-scope `a` is another key.
+        assert_eq!(load_rounds(&items), vec![0, 0, 1, 0, 2, 0]);
+    }
 
     #[test]
     fn scopes_are_reported_as_the_server_spells_them() {
