@@ -41,13 +41,19 @@ fi
 cd "$(dirname "$0")/.."
 
 compare_etcd="${COMPARE_ETCD:-0}"
+scale=""
 bench_args=()
-for a in "$@"; do
-  if [ "$a" = --compare-etcd ]; then
-    compare_etcd=1
-  else
-    bench_args+=("$a")
-  fi
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --compare-etcd) compare_etcd=1 ;;
+    --scale)
+      [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*00$ ]] || { echo "--scale needs a key count, a multiple of 100" >&2; exit 2; }
+      scale="$2"
+      shift
+      ;;
+    *) bench_args+=("$1") ;;
+  esac
+  shift
 done
 etcd_ips=(127.0.2.1 127.0.2.2 127.0.2.3)
 if [ "$compare_etcd" = 1 ] && ! command -v etcd >/dev/null 2>&1; then
@@ -71,8 +77,9 @@ members="1=${ips[0]},2=${ips[1]},3=${ips[2]}"
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
   echo "building release binaries into $target ..." >&2
-  cargo build --release -q -p st2kv-node -p st2kv-bench
+  cargo build --release -q -p st2kv-node -p st2kv-bench -p st2kv-cli
 fi
+cli_bin="$target/release/st2kv"
 for b in "$node_bin" "$bench_bin"; do
   [ -x "$b" ] || { echo "missing $b (build it, or unset NO_BUILD)" >&2; exit 1; }
 done
@@ -137,11 +144,17 @@ else
   node_args+=(--admin-user st2admin --admin-password-file "$tmp/admin-password")
   bench_env=(ST2KV_BENCH_USER=st2admin "ST2KV_BENCH_PASSWORD=$admin_password")
 fi
-for i in 1 2 3; do
-  ip="${ips[$((i - 1))]}"
+# start_node I [extra flags...]: start st2kv node I on 127.0.1.I in the background; its pid is
+# then in $!.
+start_node() {
+  local i="$1" ip="127.0.1.$1"
+  shift
   NO_COLOR=1 "$node_bin" --id "$i" --data-dir "$tmp/n$i" \
     --api-bind "$ip:9101" --auth-bind "$ip:9100" --peer-bind "$ip:9300" \
-    --initial-cluster "$members" "${node_args[@]}" >"$tmp/n$i.log" 2>&1 &
+    "${node_args[@]}" "$@" >>"$tmp/n$i.log" 2>&1 &
+}
+for i in 1 2 3; do
+  start_node "$i" --initial-cluster "$members"
   pids+=("$!")
 done
 
@@ -165,16 +178,20 @@ echo "leader is node $leader" >&2
 target_args=()
 if [ "$compare_etcd" = 1 ]; then
   etcd_cluster="e1=http://${etcd_ips[0]}:2380,e2=http://${etcd_ips[1]}:2380,e3=http://${etcd_ips[2]}:2380"
-  for i in 1 2 3; do
-    ip="${etcd_ips[$((i - 1))]}"
-    # Defaults otherwise, fsync of the WAL included (etcd has no switch to turn it off in 3.4
-    # besides --unsafe-no-fsync, which is not used).
-    etcd --name "e$i" --data-dir "$tmp/etcd$i" \
+  # start_etcd I CLUSTER STATE: start etcd member eI on 127.0.2.I in the background ($!).
+  # Defaults otherwise, fsync of the WAL included (etcd has no switch to turn it off in 3.4
+  # besides --unsafe-no-fsync, which is not used).
+  start_etcd() {
+    local ip="127.0.2.$1"
+    etcd --name "e$1" --data-dir "$tmp/etcd$1" \
       --listen-client-urls "http://$ip:2379" --advertise-client-urls "http://$ip:2379" \
       --listen-peer-urls "http://$ip:2380" --initial-advertise-peer-urls "http://$ip:2380" \
-      --initial-cluster "$etcd_cluster" --initial-cluster-token st2kv-bench \
-      --initial-cluster-state new --logger zap --log-outputs stderr \
-      >"$tmp/etcd$i.log" 2>&1 &
+      --initial-cluster "$2" --initial-cluster-token st2kv-bench \
+      --initial-cluster-state "$3" --logger zap --log-outputs stderr \
+      >>"$tmp/etcd$1.log" 2>&1 &
+  }
+  for i in 1 2 3; do
+    start_etcd "$i" "$etcd_cluster" new
     pids+=("$!")
   done
   etcd_urls="http://${etcd_ips[0]}:2379,http://${etcd_ips[1]}:2379,http://${etcd_ips[2]}:2379"
@@ -194,6 +211,13 @@ if [ "$compare_etcd" = 1 ]; then
   [ -n "$etcd_leader" ] || { echo "etcd elected no leader within 15 s" >&2; exit 1; }
   echo "etcd leader is member $etcd_leader" >&2
   target_args=(--target both --etcd-nodes "$etcd_urls" --floor-dir "$tmp")
+fi
+
+if [ -n "$scale" ]; then
+  # shellcheck source=bench/scale.sh
+  . bench/scale.sh
+  run_scale
+  exit 0
 fi
 
 smoke=()

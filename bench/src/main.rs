@@ -13,6 +13,13 @@
 //! | `put-follower-64` | 64    | one follower       | `PUT /v1/keys/{k}`                   | `POST /v3/kv/put`                   |
 //! | `read-lin-64`     | 64    | all nodes, by task | `GET /v1/keys/{k}` (linearizable)    | `POST /v3/kv/range`                 |
 //! | `read-stale-64`   | 64    | all nodes, by task | `GET /v1/keys/{k}?consistency=stale` | `POST /v3/kv/range` (serializable)  |
+//! | `list-100`        | 16    | all nodes, by task | `GET /v1/keys?prefix={p}&limit=100`  | `POST /v3/kv/range` (prefix, 100)   |
+//!
+//! `list-100` pages through `--scale-keys` keys named `scale-0000000`, `scale-0000001`, ...: each
+//! request lists one random prefix `scale-NNNNN`, which names exactly 100 of them, whatever the
+//! total. Those keys are written first (128 at a time, to the leader, with the rate printed),
+//! except the `--scale-from` ones an earlier run already wrote; `bench/run.sh --scale N` uses that
+//! to compare a prefix list at 1k keys with one at N.
 //!
 //! Every task owns one HTTP client and so one keep-alive connection, and sends its next request
 //! as soon as the previous one is answered. Task `t` talks to node `t % nodes` when a workload
@@ -50,6 +57,10 @@ const ALL_WORKLOADS: &[&str] = &[
     "read-lin-64",
     "read-stale-64",
 ];
+
+/// Workloads that run only when asked for by name (they need `--scale-keys`).
+const EXTRA_WORKLOADS: &[&str] = &["list-100"];
+const SCALE_PREFIX: &str = "scale-";
 
 /// Connection counts of the load generator's ceiling (the no-op server).
 const NOOP_CONNS: &[usize] = &[1, 16, 64, 256];
@@ -111,6 +122,15 @@ struct Args {
     /// Keys written before the read workloads, which read them at random.
     #[arg(long, default_value_t = 1000)]
     read_keys: usize,
+
+    /// Keys `scale-0000000`... that the `list-100` workload lists 100 at a time (multiple of 100,
+    /// at most 10 000 000).
+    #[arg(long, default_value_t = 1000)]
+    scale_keys: usize,
+
+    /// The scale keys below this index were written by an earlier run: do not write them again.
+    #[arg(long, default_value_t = 0)]
+    scale_from: usize,
 
     /// Per-request timeout in seconds; a timed-out request is an error.
     #[arg(long, default_value_t = 10.0)]
@@ -196,7 +216,11 @@ impl Topology {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Op {
     Put,
-    Read { stale: bool },
+    Read {
+        stale: bool,
+    },
+    /// A prefix list of 100 keys (linearizable).
+    List,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -224,6 +248,7 @@ fn spec(name: &str) -> Option<Spec> {
         "put-follower-64" => ("put-follower-64", 64, Op::Put, Target::Follower),
         "read-lin-64" => ("read-lin-64", 64, Op::Read { stale: false }, Target::All),
         "read-stale-64" => ("read-stale-64", 64, Op::Read { stale: true }, Target::All),
+        "list-100" => ("list-100", 16, Op::List, Target::All),
         _ => return None,
     };
     Some(Spec { name, conns, op, target })
@@ -439,6 +464,13 @@ async fn wait_topology(
     }
 }
 
+/// Which keys a system already holds for the workloads that read.
+#[derive(Debug, Default)]
+struct Populated {
+    reads: bool,
+    scale: bool,
+}
+
 /// One read request: a GET of `url` (st2kv), or a POST of `body` to `url` (etcd).
 struct ReadReq {
     url: String,
@@ -513,7 +545,7 @@ async fn run_tasks(
                         .header(reqwest::header::CONTENT_TYPE, "application/json")
                         .body(body)
                     }
-                    Op::Read { .. } => {
+                    Op::Read { .. } | Op::List => {
                         let r = &reads[rng.gen_range(0..reads.len())];
                         match &r.body {
                             None => http.get(r.url.as_str()),
@@ -778,20 +810,44 @@ async fn populate(
     value: &str,
     timeout: Duration,
 ) -> Result<()> {
+    fill(system, topo, 0..keys, 32, &|i| format!("{READ_PREFIX}-{i}"), value, timeout).await
+}
+
+/// The name of scale key `i`.
+fn scale_key(i: usize) -> String {
+    format!("{SCALE_PREFIX}{i:07}")
+}
+
+/// Write the keys `name(i)` for `i` in `range` with `workers` concurrent requests to the leader.
+async fn fill(
+    system: System,
+    topo: &Topology,
+    range: std::ops::Range<usize>,
+    workers: usize,
+    name: &(dyn Fn(usize) -> String + Sync),
+    value: &str,
+    timeout: Duration,
+) -> Result<()> {
     let etcd = system == System::Etcd;
     let http = client(timeout, !etcd)?;
     let leader = topo.leader_url().to_string();
     let value: Arc<str> = Arc::from(if etcd { b64(value.as_bytes()) } else { value.to_string() });
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
+    let keys: Arc<Vec<String>> = Arc::new(range.clone().map(name).collect());
+    let first_key = keys.first().cloned();
     let mut set = tokio::task::JoinSet::new();
-    let workers = 32.min(keys.max(1));
-    for w in 0..workers {
-        let http = http.clone();
-        let leader = leader.clone();
-        let value = value.clone();
+    for _ in 0..workers.min(range.len()).max(1) {
+        let (http, leader, value, next, keys) =
+            (http.clone(), leader.clone(), value.clone(), next.clone(), keys.clone());
+        let start = range.start;
+        let end = range.end;
         set.spawn(async move {
-            let mut i = w;
-            while i < keys {
-                let key = format!("{READ_PREFIX}-{i}");
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= end {
+                    return Ok(());
+                }
+                let key = &keys[i - start];
                 let (req, url) = if etcd {
                     let url = format!("{leader}/v3/kv/put");
                     let body = format!(r#"{{"key":"{}","value":"{value}"}}"#, b64(key.as_bytes()));
@@ -811,17 +867,14 @@ async fn populate(
                 if !code.is_success() {
                     bail!("{url} ({key}) answered {code}: {text}");
                 }
-                i += workers;
             }
-            Ok(())
         });
     }
     while let Some(r) = set.join_next().await {
-        r.context("a populate task panicked")??;
+        r.context("a fill task panicked")??;
     }
-    if etcd && keys > 0 {
+    if let (true, Some(key)) = (etcd, first_key) {
         // etcd answers 200 for a missing key too; make sure the reads will find something.
-        let key = format!("{READ_PREFIX}-0");
         let body = format!(r#"{{"key":"{}"}}"#, b64(key.as_bytes()));
         let r = http
             .post(format!("{leader}/v3/kv/range"))
@@ -829,13 +882,22 @@ async fn populate(
             .body(body)
             .send()
             .await
-            .context("reading back a populated key from etcd")?;
+            .context("reading back a written key from etcd")?;
         let doc: Value = serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default();
         if !matches!(doc["kvs"].as_array(), Some(k) if !k.is_empty()) {
             bail!("etcd does not return {key} after writing it: {doc}");
         }
     }
     Ok(())
+}
+
+/// The end of etcd's range for a prefix: the prefix with its last byte incremented.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
 }
 
 /// Run one workload (`spec`) on `system` (cluster `urls`, or the no-op server at `urls[0]`).
@@ -846,7 +908,7 @@ async fn run_workload(
     system: System,
     urls: &[String],
     value: &str,
-    populated: &mut bool,
+    populated: &mut Populated,
     round: usize,
 ) -> Result<Report> {
     let etcd = system == System::Etcd;
@@ -857,10 +919,25 @@ async fn run_workload(
         _ => Some(wait_topology(&http, system, urls, Duration::from_secs(15)).await?),
     };
     if let Some(topo) = &topo {
-        if matches!(spec.op, Op::Read { .. }) && !*populated {
+        if matches!(spec.op, Op::Read { .. }) && !populated.reads {
             eprintln!("  writing {} keys to {} for the read workloads...", args.read_keys, system.name());
             populate(system, topo, args.read_keys, value, timeout).await?;
-            *populated = true;
+            populated.reads = true;
+        }
+        if spec.op == Op::List && !populated.scale {
+            let range = args.scale_from.min(args.scale_keys)..args.scale_keys;
+            eprintln!(
+                "  writing scale keys {}..{} to {} (128 at a time)...",
+                range.start,
+                range.end,
+                system.name()
+            );
+            let t0 = Instant::now();
+            let n = range.len();
+            fill(system, topo, range, 128, &scale_key, value, timeout).await?;
+            let secs = t0.elapsed().as_secs_f64();
+            eprintln!("  wrote {n} keys in {secs:.1} s: {:.0} keys/s", n as f64 / secs.max(1e-9));
+            populated.scale = true;
         }
     }
     let (bases, target): (Vec<&str>, String) = match (&topo, spec.target) {
@@ -895,6 +972,31 @@ async fn run_workload(
                     } else {
                         let suffix = if stale { "?consistency=stale" } else { "" };
                         ReadReq { url: format!("{b}/v1/keys/{key}{suffix}"), body: None }
+                    }
+                })
+                .collect();
+            reads.insert(b.clone(), Arc::new(list));
+        }
+    }
+    if spec.op == Op::List {
+        if !(100..=10_000_000).contains(&args.scale_keys) || args.scale_keys / 100 * 100 != args.scale_keys {
+            bail!("{}: --scale-keys must be a multiple of 100 between 100 and 10000000", spec.name);
+        }
+        for b in &bases {
+            let list: Vec<ReadReq> = (0..args.scale_keys / 100)
+                .map(|p| {
+                    let prefix = format!("{SCALE_PREFIX}{p:05}");
+                    if etcd {
+                        ReadReq {
+                            url: format!("{b}/v3/kv/range"),
+                            body: Some(format!(
+                                r#"{{"key":"{}","range_end":"{}","limit":100}}"#,
+                                b64(prefix.as_bytes()),
+                                b64(&prefix_end(&prefix))
+                            )),
+                        }
+                    } else {
+                        ReadReq { url: format!("{b}/v1/keys?prefix={prefix}&limit=100"), body: None }
                     }
                 })
                 .collect();
@@ -1359,7 +1461,11 @@ fn selected(list: &[String]) -> Result<Vec<Spec>> {
             out.extend(ALL_WORKLOADS.iter().map(|n| spec(n).expect("known workload")));
         } else {
             out.push(spec(w).ok_or_else(|| {
-                anyhow!("unknown workload {w:?}; known: all, {}", ALL_WORKLOADS.join(", "))
+                anyhow!(
+                    "unknown workload {w:?}; known: all, {}, {}",
+                    ALL_WORKLOADS.join(", "),
+                    EXTRA_WORKLOADS.join(", ")
+                )
             })?);
         }
     }
@@ -1470,7 +1576,7 @@ async fn run(args: Args) -> Result<()> {
     };
 
     let value = random_value(args.value_bytes);
-    let mut populated = [false; 2];
+    let mut populated = [Populated::default(), Populated::default()];
     let mut reports = Vec::new();
     for round in 0..rounds {
         if rounds > 1 {
@@ -1480,8 +1586,16 @@ async fn run(args: Args) -> Result<()> {
             for &conns in NOOP_CONNS {
                 let spec = noop_spec(conns);
                 eprintln!("running {} against the no-op server...", spec.name);
-                let r =
-                    run_workload(&args, spec, System::Noop, &noop_urls, &value, &mut false, round).await?;
+                let r = run_workload(
+                    &args,
+                    spec,
+                    System::Noop,
+                    &noop_urls,
+                    &value,
+                    &mut Populated::default(),
+                    round,
+                )
+                .await?;
                 eprintln!(
                     "  {:.1} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
                     r.ops_per_s(),
