@@ -300,11 +300,6 @@ fn pending_put(ti: &TriggerInstance) -> Command {
 /// Turn buffered key changes after the cursor into trigger instances (only for events some
 /// enabled rule listens to, and only changes newer than that rule), then advance the cursor.
 async fn record_key_events(app: &App, rules: &[StoredRule], kv_cursor: &mut u64) -> Result<(), ApiError> {
-    let changes: Vec<KeyChange> = {
-        let kv = app.engine.kv.lock().expect("kv buffer lock");
-        kv.0.iter().filter(|c| c.index > *kv_cursor).take(256).cloned().collect()
-    };
-    let Some(last) = changes.last().map(|c| c.index) else { return Ok(()) };
     let listeners: Vec<(KvEvent, u64)> = rules
         .iter()
         .filter_map(|r| match trigger_of(&r.rec.rule) {
@@ -312,10 +307,16 @@ async fn record_key_events(app: &App, rules: &[StoredRule], kv_cursor: &mut u64)
             _ => None,
         })
         .collect();
-    if listeners.is_empty() {
-        *kv_cursor = last;
-        return Ok(());
-    }
+    let changes: Vec<KeyChange> = {
+        let kv = app.engine.kv.lock().expect("kv buffer lock");
+        if listeners.is_empty() {
+            // Nobody listens: nothing to record, only move past what is buffered.
+            *kv_cursor = kv.0.back().map_or(*kv_cursor, |c| c.index.max(*kv_cursor));
+            return Ok(());
+        }
+        kv.0.iter().filter(|c| c.index > *kv_cursor).take(256).cloned().collect()
+    };
+    let Some(last) = changes.last().map(|c| c.index) else { return Ok(()) };
     let mut cmds = Vec::new();
     for c in &changes {
         for (event, payload) in key_events(c) {

@@ -251,20 +251,41 @@ pub fn read_backup(bytes: &[u8]) -> anyhow::Result<(BackupHeader, &[u8])> {
 /// Seed the empty data dir `data_dir` from the backup `file` (checksum verified), like
 /// `etcdutl snapshot restore`: `st2kv-node restore FILE --data-dir D`, or `--restore-from` at start.
 pub fn restore(file: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<String> {
-    let bytes =
-        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read backup {}: {e}", file.display()))?;
-    let (header, data) =
-        read_backup(&bytes).map_err(|e| anyhow::anyhow!("backup {}: {e}", file.display()))?;
+    let backup = Backup::read(file)?;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
-    let n = st2kv_raft::store::seed(data_dir, data)
-        .map_err(|e| anyhow::anyhow!("restoring {} failed: {e}", file.display()))?;
-    Ok(format!(
-        "{} seeded from {} ({n} records, log index {}); start the nodes with --initial-cluster",
-        data_dir.display(),
-        file.display(),
-        header.last_log_index
-    ))
+    backup.seed(data_dir, |data| st2kv_raft::store::seed(data_dir, data))
+}
+
+/// A backup file, read and verified.
+struct Backup {
+    file: std::path::PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Backup {
+    fn read(file: &std::path::Path) -> anyhow::Result<Backup> {
+        let bytes =
+            std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read backup {}: {e}", file.display()))?;
+        read_backup(&bytes).map_err(|e| anyhow::anyhow!("backup {}: {e}", file.display()))?;
+        Ok(Backup { file: file.to_path_buf(), bytes })
+    }
+
+    /// Hand the snapshot data to `seed`, and say what was done.
+    fn seed(
+        &self,
+        data_dir: &std::path::Path,
+        seed: impl FnOnce(&[u8]) -> Result<usize, st2kv_raft::store::StoreError>,
+    ) -> anyhow::Result<String> {
+        let (header, data) = read_backup(&self.bytes)?;
+        let n = seed(data).map_err(|e| anyhow::anyhow!("restoring {} failed: {e}", self.file.display()))?;
+        Ok(format!(
+            "{} seeded from {} ({n} records, log index {}); start the nodes with --initial-cluster",
+            data_dir.display(),
+            self.file.display(),
+            header.last_log_index
+        ))
+    }
 }
 
 /// Count every request by method, matched route and status.
@@ -454,17 +475,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
-    if let Some(file) = &config.restore_from {
-        if config.data_dir.join("sled").exists() {
+    let seed_from = match &config.restore_from {
+        Some(file) if config.data_dir.join("sled").exists() => {
             tracing::warn!(file = %file.display(), "the data dir already holds a store; ignoring --restore-from");
-        } else {
-            let msg = restore(file, &config.data_dir)?;
-            tracing::info!("{msg}");
+            None
         }
-    }
-
+        other => other.clone(),
+    };
+    // Verify the backup before the store exists, so a bad file leaves the data dir untouched.
+    let backup = seed_from.map(|file| Backup::read(&file)).transpose()?;
     let store = st2kv_raft::store::open(&config.data_dir, !config.no_fsync)
         .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
+    if let Some(b) = backup {
+        let msg =
+            b.seed(&config.data_dir, |data| st2kv_raft::store::seed_store(&store, &config.data_dir, data))?;
+        tracing::info!("{msg}");
+    }
     let disk = store.disk.clone();
     let key_changes = store.changes.subscribe();
     let tuning = RaftTuning {

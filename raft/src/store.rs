@@ -723,8 +723,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// membership, so the node then forms (or joins) a cluster as usual. Every founding node of the
 /// restored cluster is seeded from the same backup, so they start identical.
 pub fn seed(dir: &Path, data: &[u8]) -> Result<usize, StoreError> {
+    seed_store(&open(dir, true)?, dir, data)
+}
+
+/// [`seed`] into a store already open (a node seeding its own store at start: opening the
+/// directory a second time could race sled's lock, still held while the first handle's
+/// background flusher winds down).
+pub fn seed_store(store: &Store, dir: &Path, data: &[u8]) -> Result<usize, StoreError> {
     let pairs: SnapshotPairs = decode(data)?;
-    let store = open(dir, true)?;
     let db = &store.disk.db;
     let sm = db.open_tree("sm")?;
     let log = db.open_tree("raft_log")?;

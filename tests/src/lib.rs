@@ -481,7 +481,19 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("no leader within {within:?}; node 1 log:\n{}", self.log(1));
+        let mut logs = String::new();
+        for i in 1..=self.nodes.len() {
+            let exited = match self.nodes[i - 1].child.as_ref().map(|c| c.id() as i32) {
+                // An exited child stays a zombie (state Z) until it is waited for.
+                Some(pid) => std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|st| st.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z')))
+                    .unwrap_or(true),
+                None => true,
+            };
+            let state = if exited { "not running" } else { "running" };
+            logs.push_str(&format!("\n--- node {i} ({state}), last lines of its log:\n{}\n", self.log(i)));
+        }
+        panic!("no leader within {within:?}{logs}");
     }
 
     /// A running node that is not the leader.
