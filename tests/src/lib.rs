@@ -33,8 +33,23 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A free TCP port on `ip`.
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+/// Three distinct free ports on `ip` (held open together while chosen, so they differ).
+fn free_ports(ip: &str) -> [u16; 3] {
+    let l: Vec<TcpListener> = (0..3).map(|_| TcpListener::bind((ip, 0)).expect("a free port")).collect();
+    [0, 1, 2].map(|i| l[i].local_addr().expect("a bound port").port())
+}
+
+/// A loopback /24 for the next node: clusters started concurrently by one test binary never
+/// share an address (a shared address could hand one node's port to another's connection).
+fn next_subnet() -> u8 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        rand::random::<u32>() % 200,
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    (NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 200 + 20) as u8
 }
 
 /// One node's addresses and process.
@@ -108,14 +123,14 @@ impl TestCluster {
         let mut nodes = Vec::new();
         for i in 1..=n {
             // Each node gets its own loopback address, like the README's 127.0.0.1-3 layout.
-            let ip = format!("127.0.{}.{}", rand::random::<u8>() % 200 + 20, i);
+            let ip = format!("127.0.{}.{}", next_subnet(), i);
             let ip = if TcpListener::bind((ip.as_str(), 0)).is_ok() { ip } else { "127.0.0.1".to_string() };
-            let port = |ip: &str| SocketAddr::new(ip.parse().unwrap(), free_port(ip));
+            let [api, auth, peer] = free_ports(&ip).map(|p| SocketAddr::new(ip.parse().unwrap(), p));
             nodes.push(TestNode {
                 id: i as u64,
-                api: port(&ip),
-                auth: port(&ip),
-                peer: port(&ip),
+                api,
+                auth,
+                peer,
                 ip,
                 data_dir: dir.path().join(format!("n{i}")),
                 extra_args: opts.node_args.clone(),
@@ -314,7 +329,7 @@ impl TestCluster {
         let i = self.nodes.len() + 1;
         let ip = self.nodes[0].ip.rsplit_once('.').map(|(net, _)| format!("{net}.{i}")).unwrap();
         let ip = if TcpListener::bind((ip.as_str(), 0)).is_ok() { ip } else { "127.0.0.1".to_string() };
-        let port = |ip: &str| SocketAddr::new(ip.parse().unwrap(), free_port(ip));
+        let [api, auth, peer] = free_ports(&ip).map(|p| SocketAddr::new(ip.parse().unwrap(), p));
         let template = self.nodes[0].extra_args.clone();
         // The founding nodes' per-node flags (peer advertise for proxies) do not apply here.
         let mut extra = Vec::new();
@@ -329,9 +344,9 @@ impl TestCluster {
         let via_addr = self.nodes[via - 1].peer.to_string();
         self.nodes.push(TestNode {
             id: i as u64,
-            api: port(&ip),
-            auth: port(&ip),
-            peer: port(&ip),
+            api,
+            auth,
+            peer,
             ip,
             data_dir: self.dir.path().join(format!("n{i}")),
             extra_args: extra,
