@@ -12,7 +12,8 @@
 //!   api_addr }`, snapshots are in-memory byte buffers.
 //! - [`store::LogStore`] implements `RaftLogStorage`: entries in the `raft_log` tree keyed by
 //!   big-endian index, vote / committed / last-purged in `raft_meta`. Appends, truncations,
-//!   purges and votes are durable (flush + fdatasync) before they are acknowledged.
+//!   purges and votes are durable (flush + fdatasync) before they are acknowledged; appends are
+//!   made durable by one ordered sync task, many per sync, while openraft goes on.
 //! - [`store::StateMachine`] implements `RaftStateMachine`: one atomic sled batch per apply
 //!   call, holding the data, the expiry index, remembered request ids and the last-applied log
 //!   id together. `apply` is a pure function of (state, entries): it never reads the clock, the

@@ -110,6 +110,7 @@ pub fn open(dir: &Path, durable: bool) -> Result<Store, StoreError> {
             disk: disk.clone(),
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
+            syncer: Default::default(),
         },
         state_machine: StateMachine { disk, sm: sm.clone(), snap: db.open_tree("snapshot")?, changes },
         view: StateView { sm, snap: db.open_tree("snapshot")? },
@@ -132,6 +133,44 @@ pub struct LogStore {
     disk: Arc<Disk>,
     log: sled::Tree,
     meta: sled::Tree,
+    /// The queue of the task that makes log writes durable; started on first use (so the store
+    /// can be opened outside a runtime).
+    syncer: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<SyncRequest>>>,
+}
+
+/// Something waiting for everything written before it to be durable.
+enum SyncRequest {
+    /// An append: tell openraft once its entries are on disk.
+    Append(LogFlushed<TypeConfig>),
+    /// A truncation, purge or vote waiting for its own sync.
+    Wait(tokio::sync::oneshot::Sender<std::io::Result<()>>),
+}
+
+/// Storage-level group commit. Requests are served strictly in arrival order; all the requests
+/// waiting when a sync starts share it (a sync covers every write made before it began), and
+/// requests that arrive during a sync wait for the next one. So `append` returns as soon as its
+/// entries are readable, openraft goes on (replicating them, accepting more) while the disk
+/// works, and one fsync serves many appends.
+async fn sync_loop(disk: Arc<Disk>, mut rx: tokio::sync::mpsc::UnboundedReceiver<SyncRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(r) = rx.try_recv() {
+            waiting.push(r);
+        }
+        let result = disk.sync().await;
+        for r in waiting {
+            let r2 = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            match r {
+                SyncRequest::Append(cb) => cb.log_io_completed(r2),
+                SyncRequest::Wait(tx) => {
+                    let _ = tx.send(r2);
+                }
+            }
+        }
+    }
 }
 
 const VOTE: &[u8] = b"vote";
@@ -150,8 +189,25 @@ impl LogStore {
         }
     }
 
+    fn syncer(&self) -> &tokio::sync::mpsc::UnboundedSender<SyncRequest> {
+        self.syncer.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(sync_loop(self.disk.clone(), rx));
+            tx
+        })
+    }
+
+    /// Wait until everything written so far is durable, after every append queued before.
+    async fn sync_in_order(&self) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.syncer().send(SyncRequest::Wait(tx)).is_err() {
+            return self.disk.sync().await;
+        }
+        rx.await.map_err(|_| std::io::Error::other("the log syncer stopped"))?
+    }
+
     async fn sync_logs(&self) -> StorageResult<()> {
-        self.disk.sync().await.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+        self.sync_in_order().await.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
     }
 }
 
@@ -197,7 +253,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         self.meta.insert(VOTE, encode(vote)).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
-        self.disk.sync().await.map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
+        self.sync_in_order().await.map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
         Ok(())
     }
 
@@ -231,17 +287,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(StorageIOError::write_logs(AnyError::new(&err)).into());
         }
-        match self.disk.sync().await {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let any = AnyError::new(&e);
-                callback.log_io_completed(Err(e));
-                Err(StorageIOError::write_logs(any).into())
+        // Durable later, in order, possibly with other appends (see `sync_loop`).
+        if let Err(tokio::sync::mpsc::error::SendError(SyncRequest::Append(callback))) =
+            self.syncer().send(SyncRequest::Append(callback))
+        {
+            let r = self.disk.sync().await;
+            let failed = r.as_ref().err().map(AnyError::new);
+            callback.log_io_completed(r);
+            if let Some(any) = failed {
+                return Err(StorageIOError::write_logs(any).into());
             }
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
