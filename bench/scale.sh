@@ -70,7 +70,7 @@ run_scale() {
     done < <(list_figures "$tmp/list-1k.json") 3< <(list_figures "$tmp/list-n.json")
     echo
     echo "writing the keys (128 at a time, to the leader):"
-    grep -h "wrote .* keys in" "$tmp/list-n.err" | sed 's/^ */  /'
+    grep -hE "wrote .* keys in|were retried" "$tmp/list-n.err" | sed "s/^ */  /"
     echo
     echo "at $scale keys, per node: resident memory (MiB), data dir (MiB):"
     for i in 1 2 3; do
@@ -81,7 +81,7 @@ run_scale() {
         printf '  etcd  e%s: %6s MiB RSS %6s MiB data\n' "$i" "$(rss_mib "${pids[$((i + 2))]}")" "$(du_mib "$tmp/etcd$i")"
       done
     fi
-  } >"$report"
+  } | tee "$report" >&2
 
   # Restart a follower (SIGTERM, start again) and time it to ready.
   local t0 follower=2
@@ -92,7 +92,7 @@ run_scale() {
   start_node "$follower" --initial-cluster "$members"
   pids[$((follower - 1))]=$!
   wait_until 120 st2kv_ready "127.0.1.$follower"
-  echo "restart to ready: st2kv node $follower $(elapsed "$t0") s (SIGTERM, start, /v1/health/ready 200)" >>"$report"
+  echo "restart to ready: st2kv node $follower $(elapsed "$t0") s (SIGTERM, start, /v1/health/ready 200)" | tee -a "$report" >&2
   if [ "$compare_etcd" = 1 ]; then
     kill -TERM "${pids[4]}"
     wait "${pids[4]}" 2>/dev/null || true
@@ -100,7 +100,7 @@ run_scale() {
     start_etcd 2 "$etcd_cluster" new
     pids[4]=$!
     wait_until 120 etcd_healthy 127.0.2.2
-    echo "restart to ready: etcd member e2 $(elapsed "$t0") s (SIGTERM, start, /health true)" >>"$report"
+    echo "restart to ready: etcd member e2 $(elapsed "$t0") s (SIGTERM, start, /health true)" | tee -a "$report" >&2
   fi
 
   # A new member catches up.
@@ -108,7 +108,7 @@ run_scale() {
   start_node 4 --join "127.0.1.1:9300"
   pids+=("$!")
   wait_until 600 st2kv_ready 127.0.1.4
-  echo "new member caught up: st2kv node 4 $(elapsed "$t0") s (start with --join, to /v1/health/ready 200)" >>"$report"
+  echo "new member caught up: st2kv node 4 $(elapsed "$t0") s (start with --join, to /v1/health/ready 200)" | tee -a "$report" >&2
   if [ "$compare_etcd" = 1 ]; then
     local target_index
     target_index="$(etcd_applied 127.0.2.1)"
@@ -118,7 +118,7 @@ run_scale() {
     start_etcd 4 "$etcd_cluster,e4=http://127.0.2.4:2380" existing
     pids+=("$!")
     wait_until 600 etcd_caught_up 127.0.2.4 "$target_index"
-    echo "new member caught up: etcd member e4 $(elapsed "$t0") s (member add, start, applied index >= the leader's at the start)" >>"$report"
+    echo "new member caught up: etcd member e4 $(elapsed "$t0") s (member add, start, applied index >= the leader's at the start)" | tee -a "$report" >&2
   fi
 
   # `st2kv key load` of 100 000 keys through node 1.
@@ -129,7 +129,7 @@ PY
   local cred=()
   if [ "${NO_AUTH:-0}" != 1 ]; then
     local token
-    token="$(curl -fsS -u "st2admin:$admin_password" -X POST -H 'content-type: application/json' -d '{}' \
+    token="$(curl -fsS --retry 10 --retry-delay 1 -u "st2admin:$admin_password" -X POST -H 'content-type: application/json' -d '{}' \
       http://127.0.1.1:9100/tokens | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
     cred=(-t "$token")
   fi
@@ -138,7 +138,7 @@ PY
     key load "$tmp/load.json" >/dev/null
   local secs
   secs="$(elapsed "$t0")"
-  echo "st2kv key load of 100000 keys: ${secs} s ($(awk -v s="$secs" 'BEGIN { printf "%.0f", 100000 / s }') keys/s)" >>"$report"
+  echo "st2kv key load of 100000 keys: ${secs} s ($(awk -v s="$secs" 'BEGIN { printf "%.0f", 100000 / s }') keys/s)" | tee -a "$report" >&2
   echo >&2
   cat "$report"
 }

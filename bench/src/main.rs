@@ -835,10 +835,11 @@ async fn fill(
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
     let keys: Arc<Vec<String>> = Arc::new(range.clone().map(name).collect());
     let first_key = keys.first().cloned();
+    let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers.min(range.len()).max(1) {
-        let (http, leader, value, next, keys) =
-            (http.clone(), leader.clone(), value.clone(), next.clone(), keys.clone());
+        let (http, leader, value, next, keys, retries) =
+            (http.clone(), leader.clone(), value.clone(), next.clone(), keys.clone(), retries.clone());
         let start = range.start;
         let end = range.end;
         set.spawn(async move {
@@ -857,21 +858,46 @@ async fn fill(
                     let body = format!(r#"{{"name":"{key}","value":"{value}"}}"#);
                     (http.put(&url).body(body), url)
                 };
-                let r = req
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .send()
-                    .await
-                    .with_context(|| format!("writing {key}"))?;
-                let code = r.status();
-                let text = r.text().await.unwrap_or_default();
-                if !code.is_success() {
-                    bail!("{url} ({key}) answered {code}: {text}");
+                // A write that timed out or found no leader is retried (a put is idempotent);
+                // each retry is counted and reported, since it means the cluster stalled.
+                let mut attempt = 0;
+                loop {
+                    let r = req
+                        .try_clone()
+                        .expect("a buffered request")
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .send()
+                        .await;
+                    let failure = match r {
+                        Ok(r) if r.status().is_success() => break,
+                        Ok(r) => {
+                            let code = r.status();
+                            let text = r.text().await.unwrap_or_default();
+                            if !matches!(code.as_u16(), 503 | 504) {
+                                bail!("{url} ({key}) answered {code}: {text}");
+                            }
+                            format!("{url} ({key}) answered {code}: {text}")
+                        }
+                        Err(e) => format!("writing {key}: {}", chain(&e)),
+                    };
+                    attempt += 1;
+                    retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if attempt >= 20 {
+                        bail!("{failure} (gave up after {attempt} attempts)");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         });
     }
     while let Some(r) = set.join_next().await {
         r.context("a fill task panicked")??;
+    }
+    let retries = retries.load(std::sync::atomic::Ordering::Relaxed);
+    if retries > 0 {
+        eprintln!(
+            "  {retries} writes were retried after a 503/504 or a transport error (the cluster stalled)"
+        );
     }
     if let (true, Some(key)) = (etcd, first_key) {
         // etcd answers 200 for a missing key too; make sure the reads will find something.
@@ -936,7 +962,11 @@ async fn run_workload(
             let n = range.len();
             fill(system, topo, range, 128, &scale_key, value, timeout).await?;
             let secs = t0.elapsed().as_secs_f64();
-            eprintln!("  wrote {n} keys in {secs:.1} s: {:.0} keys/s", n as f64 / secs.max(1e-9));
+            eprintln!(
+                "  {}: wrote {n} keys in {secs:.1} s: {:.0} keys/s",
+                system.name(),
+                n as f64 / secs.max(1e-9)
+            );
             populated.scale = true;
         }
     }
