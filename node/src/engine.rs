@@ -662,9 +662,17 @@ pub async fn webhook(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("Failed to parse request body: {e}")))?
     };
-    let known = crate::rules::all(&app)?
-        .iter()
-        .any(|r| matches!(trigger_of(&r.rec.rule), Some(Trigger::Webhook { url: u }) if u == url));
+    let known = |app: &App| -> Result<bool, ApiError> {
+        Ok(crate::rules::all(app)?
+            .iter()
+            .any(|r| matches!(trigger_of(&r.rec.rule), Some(Trigger::Webhook { url: u }) if *u == url)))
+    };
+    // A rule created through another node a moment ago may not be applied here yet: before
+    // answering 404, catch up with every acknowledged write.
+    let known = known(&app)? || {
+        app.cluster.linearize().await?;
+        known(&app)?
+    };
     if !known {
         return Err(ApiError::NotFound(format!("Webhook \"{url}\" is not registered by any rule.")));
     }
