@@ -77,6 +77,11 @@ pub struct Config {
     #[arg(long, env = "ST2KV_NO_FSYNC")]
     pub no_fsync: bool,
 
+    /// sled's page cache, in MiB. Pages beyond it are read back from the data dir's files (and
+    /// the kernel's page cache); the node's resident memory is roughly this plus a working set.
+    #[arg(long, env = "ST2KV_CACHE_MB", default_value_t = 128)]
+    pub cache_mb: u64,
+
     /// Largest key name accepted, in bytes; larger names are refused with 413.
     #[arg(long, env = "ST2KV_MAX_NAME_BYTES", default_value_t = 1024)]
     pub max_name_bytes: usize,

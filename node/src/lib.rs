@@ -484,7 +484,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     };
     // Verify the backup before the store exists, so a bad file leaves the data dir untouched.
     let backup = seed_from.map(|file| Backup::read(&file)).transpose()?;
-    let store = st2kv_raft::store::open(&config.data_dir, !config.no_fsync)
+    let store = st2kv_raft::store::open_with_cache(&config.data_dir, !config.no_fsync, config.cache_mb)
         .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
     if let Some(b) = backup {
         let msg =

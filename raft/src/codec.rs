@@ -34,10 +34,10 @@ mod tests {
     #[test]
     fn wire_types_round_trip_through_bincode() {
         let req = Request {
+            id: Some(u128::MAX - 3),
             proposed_at_ms: 7,
             ops: vec![
                 Op {
-                    id: Some(u128::MAX - 3),
                     cmd: Command::Put {
                         key: KeyId::user("bob", "k"),
                         value: "v".into(),
@@ -50,7 +50,7 @@ mod tests {
                     },
                     guards: vec![Guard { table: "tokens".into(), key: "h".into(), revision: 4 }],
                 },
-                Op { id: None, cmd: Command::PurgeExpired { now_ms: 3 }, guards: vec![] },
+                Op { cmd: Command::PurgeExpired { now_ms: 3 }, guards: vec![] },
             ],
         };
         let entry: Entry<TypeConfig> = Entry {

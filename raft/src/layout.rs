@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `k` | `k` + scope byte (`s`/`u`) + user + `0x00` + name | bincode `Record` |
 //! | `x` | `x` + expire_at_ms (u64 BE) + kv key | empty: the expiry index |
-//! | `d` | `d` + request id (u128 BE) | bincode `Outcome`: remembered request ids |
+//! | `d` | `d` + batch request id (u128 BE) | bincode `Response`: remembered batches |
 //! | `a` | `a` + proposed_at_ms (u64 BE) + request id | empty: ages out `d` |
 //! | `t` | `t` + table + `0x00` + key | bincode `AuxRecord`: the node's users, token and API-key hashes |
 //! | `m` | `m` + name | bincode metadata (last applied, membership, op counter) |

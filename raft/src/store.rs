@@ -91,10 +91,22 @@ pub struct Store {
     pub changes: tokio::sync::broadcast::Sender<KeyChange>,
 }
 
+/// sled's page cache unless the caller says otherwise (sled's own default is 1 GiB).
+pub const DEFAULT_CACHE_MB: u64 = 128;
+
 /// Open (or create) the store under `dir`. `durable` adds an `fdatasync` to every sync.
 pub fn open(dir: &Path, durable: bool) -> Result<Store, StoreError> {
+    open_with_cache(dir, durable, DEFAULT_CACHE_MB)
+}
+
+/// [`open`] with sled's page cache capped at `cache_mb` MiB.
+pub fn open_with_cache(dir: &Path, durable: bool, cache_mb: u64) -> Result<Store, StoreError> {
     let path = dir.join("sled");
-    let db = sled::Config::new().path(&path).flush_every_ms(Some(500)).open()?;
+    let db = sled::Config::new()
+        .path(&path)
+        .cache_capacity(cache_mb.max(1) << 20)
+        .flush_every_ms(Some(500))
+        .open()?;
     let log_file = if durable {
         Some(Arc::new(std::fs::OpenOptions::new().read(true).open(path.join("db"))?))
     } else {
@@ -555,16 +567,15 @@ fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response
         }
         ov.del(ak);
     }
+    if let Some(id) = req.id {
+        if let Some(prev) = ov.get(&dedup_key(id))? {
+            return Ok(decode(&prev)?);
+        }
+    }
     let mut outcomes = Vec::with_capacity(req.ops.len());
     let mut applied = 0u64;
     for (seq, op) in req.ops.iter().enumerate() {
         ov.at = (index, seq as u32);
-        if let Some(id) = op.id {
-            if let Some(prev) = ov.get(&dedup_key(id))? {
-                outcomes.push(decode(&prev)?);
-                continue;
-            }
-        }
         let mut guarded = true;
         for g in &op.guards {
             if ov.aux(&aux_key(&g.table, &g.key))?.map(|r| r.revision) != Some(g.revision) {
@@ -578,10 +589,6 @@ fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response
         } else {
             Outcome::GuardFailed
         };
-        if let Some(id) = op.id {
-            ov.put(dedup_key(id), encode(&outcome));
-            ov.put(dedup_age_key(req.proposed_at_ms, id), Vec::new());
-        }
         outcomes.push(outcome);
     }
     let ops: u64 = match ov.get(META_OPS)? {
@@ -589,7 +596,12 @@ fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response
         None => 0,
     };
     ov.put(META_OPS.to_vec(), encode(&(ops + applied)));
-    Ok(Response { outcomes })
+    let response = Response { outcomes };
+    if let Some(id) = req.id {
+        ov.put(dedup_key(id), encode(&response));
+        ov.put(dedup_age_key(req.proposed_at_ms, id), Vec::new());
+    }
+    Ok(response)
 }
 
 impl StateMachine {

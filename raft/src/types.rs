@@ -142,12 +142,10 @@ impl AuxRecord {
     }
 }
 
-/// One command with its optional request id. Ops that carry an id are remembered for a while by
-/// the state machine, so a retried proposal of the same op is applied once and answered with the
-/// outcome of the first application.
+/// One command and the credentials it is bound to. Retries are recognised per batch, by
+/// [`Request::id`], not per op.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Op {
-    pub id: Option<u128>,
     pub cmd: Command,
     /// Auxiliary records that must still be at these revisions when the op is applied, or it is
     /// not applied ([`Outcome::GuardFailed`]). The node uses them to bind a write to the
@@ -167,6 +165,10 @@ pub struct Guard {
 /// The payload of one Raft entry: a group-committed batch of ops, applied atomically in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Request {
+    /// The batch's request id. A batch that carries one is remembered as a whole (one record for
+    /// all its outcomes, rather than one per op), so a retried proposal of the same batch is
+    /// applied once and answered with the outcomes of the first application.
+    pub id: Option<u128>,
     /// The proposer's clock (unix ms) when the batch was formed; ages out remembered request ids.
     pub proposed_at_ms: i64,
     pub ops: Vec<Op>,

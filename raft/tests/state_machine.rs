@@ -23,7 +23,12 @@ fn log_id(term: u64, index: u64) -> LogId<NodeId> {
 }
 
 fn normal(term: u64, index: u64, proposed_at_ms: i64, ops: Vec<Op>) -> Entry<TypeConfig> {
-    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Request { proposed_at_ms, ops }) }
+    batch(term, index, proposed_at_ms, None, ops)
+}
+
+/// An entry holding one batch, with or without a request id.
+fn batch(term: u64, index: u64, proposed_at_ms: i64, id: Option<u128>, ops: Vec<Op>) -> Entry<TypeConfig> {
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Request { id, proposed_at_ms, ops }) }
 }
 
 /// A put of a plain, non-expiring value. The id it would give a new key is derived from the value,
@@ -53,11 +58,7 @@ fn delete(key: KeyId, now_ms: i64) -> Command {
 }
 
 fn op(cmd: Command) -> Op {
-    Op { id: None, cmd, guards: vec![] }
-}
-
-fn op_with_id(id: u128, cmd: Command) -> Op {
-    Op { id: Some(id), cmd, guards: vec![] }
+    Op { cmd, guards: vec![] }
 }
 
 /// One node's store in a temp dir, with a log-index counter for the entries it is fed.
@@ -78,7 +79,19 @@ impl Replica {
     fn reopen(self) -> Self {
         let Replica { dir, store, last_index } = self;
         drop(store);
-        let store = store::open(dir.path(), false).expect("reopen store");
+        // sled's background flusher may hold the directory's lock for a moment after the last
+        // handle is dropped; a restarted process would not see that, so wait it out (bounded).
+        let mut tries = 0;
+        let store = loop {
+            match store::open(dir.path(), false) {
+                Ok(s) => break s,
+                Err(e) if tries < 50 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("reopen store: {e}"),
+            }
+        };
         Replica { dir, store, last_index }
     }
 
@@ -92,7 +105,12 @@ impl Replica {
 
     /// Apply one normal entry (term 1, the next index) holding `ops`, proposed at `at_ms`.
     async fn propose(&mut self, at_ms: i64, ops: Vec<Op>) -> Vec<Outcome> {
-        let entry = normal(1, self.last_index + 1, at_ms, ops);
+        self.propose_batch(at_ms, None, ops).await
+    }
+
+    /// [`Replica::propose`] of a batch that carries a request id (as the node's batcher sends).
+    async fn propose_batch(&mut self, at_ms: i64, id: Option<u128>, ops: Vec<Op>) -> Vec<Outcome> {
+        let entry = batch(1, self.last_index + 1, at_ms, id, ops);
         let mut responses = self.apply(vec![entry]).await;
         assert_eq!(responses.len(), 1, "one response per entry");
         responses.remove(0).outcomes
@@ -348,43 +366,50 @@ async fn an_expired_but_unpurged_key_is_gone_for_put_and_delete() {
 // 4. Request ids
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_op_with_a_request_id_is_applied_once_and_the_retry_gets_the_first_outcome() {
+async fn a_batch_with_a_request_id_is_applied_once_and_the_retry_gets_the_first_outcomes() {
     let mut r = Replica::new();
     let key = KeyId::system("counter");
-    let retried = op_with_id(7, put(key.clone(), "1", T0));
+    let ops = vec![op(put(key.clone(), "1", T0)), op(delete(KeyId::system("absent"), T0))];
 
-    let first = r.propose(T0, vec![retried.clone()]).await;
-    assert!(matches!(&first[..], [Outcome::Put { created: true, record }] if record.revision == 1));
-    assert_eq!(r.ops_applied(), 1);
+    let first = r.propose_batch(T0, Some(7), ops.clone()).await;
+    assert!(
+        matches!(&first[..], [Outcome::Put { created: true, record }, Outcome::NotFound] if record.revision == 1)
+    );
+    assert_eq!(r.ops_applied(), 2);
 
-    // Entry 2 carries the same op again (a forwarding retry) next to a fresh op.
-    let second = r.propose(T0 + 10, vec![retried.clone(), op(put(KeyId::system("other"), "o", T0))]).await;
-    assert_eq!(second[0], first[0], "a retry is answered with the first outcome");
-    assert_eq!(r.ops_applied(), 2, "only the fresh op counts");
+    // Entry 2 carries the same batch again (a forwarding retry after a lost answer).
+    let second = r.propose_batch(T0 + 10, Some(7), ops).await;
+    assert_eq!(second, first, "a retry is answered with the first outcomes");
+    assert_eq!(r.ops_applied(), 2, "nothing was applied again");
     assert_eq!(r.get(&key, T0).map(|rec| rec.revision), Some(1), "the retry did not write");
 
+    // A different id with the same content is a different batch.
+    let other = r.propose_batch(T0 + 11, Some(8), vec![op(put(key.clone(), "1", T0))]).await;
+    assert!(matches!(&other[..], [Outcome::Put { created: false, record }] if record.revision == 3));
+
     // Two entries with the same id in one apply call: the second sees the first's memory.
-    let twice = op_with_id(8, put(key.clone(), "2", T0 + 20));
-    let responses =
-        r.apply(vec![normal(1, 3, T0 + 20, vec![twice.clone()]), normal(1, 4, T0 + 21, vec![twice])]).await;
+    let twice = vec![op(put(key.clone(), "2", T0 + 20))];
+    let responses = r
+        .apply(vec![batch(1, 4, T0 + 20, Some(9), twice.clone()), batch(1, 5, T0 + 21, Some(9), twice)])
+        .await;
     assert_eq!(responses[0].outcomes, responses[1].outcomes);
     assert!(
-        matches!(&responses[0].outcomes[..], [Outcome::Put { created: false, record }] if record.revision == 3)
+        matches!(&responses[0].outcomes[..], [Outcome::Put { created: false, record }] if record.revision == 4)
     );
-    assert_eq!(r.ops_applied(), 3);
+    assert_eq!(r.ops_applied(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_forgotten_after_the_dedup_window() {
     let mut r = Replica::new();
     let key = KeyId::system("k");
-    let retried = op_with_id(42, put(key.clone(), "v", T0));
+    let retried = vec![op(put(key.clone(), "v", T0))];
 
-    r.propose(T0, vec![retried.clone()]).await; // entry 1
+    r.propose_batch(T0, Some(42), retried.clone()).await; // entry 1
     assert_eq!(r.ops_applied(), 1);
 
     // Exactly one window later the id is still remembered.
-    let at_edge = r.propose(T0 + DEDUP_WINDOW_MS, vec![retried.clone()]).await; // entry 2
+    let at_edge = r.propose_batch(T0 + DEDUP_WINDOW_MS, Some(42), retried.clone()).await; // entry 2
     assert!(matches!(&at_edge[..], [Outcome::Put { created: true, record }] if record.revision == 1));
     assert_eq!(r.ops_applied(), 1);
 
@@ -392,8 +417,8 @@ async fn request_ids_are_forgotten_after_the_dedup_window() {
     r.run(T0 + DEDUP_WINDOW_MS + 1, put(KeyId::system("unrelated"), "u", T0)).await; // entry 3
     assert_eq!(r.ops_applied(), 2);
 
-    // ...so the same op is now applied afresh, as an update at the new index.
-    let again = r.propose(T0 + DEDUP_WINDOW_MS + 2, vec![retried]).await; // entry 4
+    // ...so the same batch is now applied afresh, as an update at the new index.
+    let again = r.propose_batch(T0 + DEDUP_WINDOW_MS + 2, Some(42), retried).await; // entry 4
     assert!(matches!(&again[..], [Outcome::Put { created: false, record }] if record.revision == 4));
     assert_eq!(r.ops_applied(), 3);
 }
@@ -404,10 +429,10 @@ async fn request_ids_are_forgotten_after_the_dedup_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_past_the_window_is_applied_even_if_no_batch_came_in_between() {
     let mut r = Replica::new();
-    let retried = op_with_id(42, put(KeyId::system("k"), "v", T0));
-    r.propose(T0, vec![retried.clone()]).await; // entry 1
+    let retried = vec![op(put(KeyId::system("k"), "v", T0))];
+    r.propose_batch(T0, Some(42), retried.clone()).await; // entry 1
 
-    let late = r.propose(T0 + DEDUP_WINDOW_MS + 1, vec![retried]).await; // entry 2
+    let late = r.propose_batch(T0 + DEDUP_WINDOW_MS + 1, Some(42), retried).await; // entry 2
     assert!(
         matches!(&late[..], [Outcome::Put { created: false, record }] if record.revision == 2),
         "id older than DEDUP_WINDOW_MS was still remembered: {late:?}"
@@ -471,25 +496,23 @@ async fn an_installed_snapshot_replaces_the_whole_state_and_survives_a_reopen() 
     let a_outcomes = a
         .apply(vec![
             Entry { log_id: log_id(1, 1), payload: EntryPayload::Membership(three_node_membership()) },
-            normal(
+            batch(
                 1,
                 2,
                 T0,
+                Some(99),
                 vec![
                     op(put(KeyId::system("region"), "eu", T0)),
-                    op_with_id(
-                        99,
-                        Command::Put {
-                            key: user_key.clone(),
-                            value: "ciphertext".into(),
-                            secret: true,
-                            description: Some("alice's key".into()),
-                            expire_at_ms: None,
-                            now_ms: T0,
-                            new_id: "0123456789abcdef01234567".into(),
-                            cond: st2kv_raft::Cond::Always,
-                        },
-                    ),
+                    op(Command::Put {
+                        key: user_key.clone(),
+                        value: "ciphertext".into(),
+                        secret: true,
+                        description: Some("alice's key".into()),
+                        expire_at_ms: None,
+                        now_ms: T0,
+                        new_id: "0123456789abcdef01234567".into(),
+                        cond: st2kv_raft::Cond::Always,
+                    }),
                     op(expiring_at(put(KeyId::system("lock"), "held", T0), expires)),
                 ],
             ),
@@ -559,8 +582,8 @@ async fn an_installed_snapshot_replaces_the_whole_state_and_survives_a_reopen() 
     // B carries on from the snapshot like A would: the remembered request id and the expiry
     // index came along.
     b.last_index = 3;
-    let retry = op_with_id(99, put(user_key.clone(), "other ciphertext", T0 + 2));
-    assert_eq!(b.propose(T0 + 2, vec![retry]).await[..], a_outcomes[1].outcomes[1..2]);
+    let retry = vec![op(put(user_key.clone(), "other ciphertext", T0 + 2))];
+    assert_eq!(b.propose_batch(T0 + 2, Some(99), retry).await, a_outcomes[1].outcomes);
     assert_eq!(b.value(&user_key, T0).as_deref(), Some("ciphertext"));
     assert_eq!(b.run(expires, Command::PurgeExpired { now_ms: expires }).await, Outcome::Purged { count: 1 });
     assert_eq!(b.list(Scope::System, "", "", T0), ["region"]);
@@ -716,8 +739,7 @@ async fn an_op_applies_only_while_its_guards_hold() {
         cond: Cond::Always,
     };
     assert!(matches!(r.run(T0, put_token).await, Outcome::AuxPut { revision: 1, .. }));
-    let guarded =
-        |rev, v: &str| Op { id: None, cmd: put(KeyId::system("k"), v, T0), guards: vec![token(rev)] };
+    let guarded = |rev, v: &str| Op { cmd: put(KeyId::system("k"), v, T0), guards: vec![token(rev)] };
     assert!(matches!(r.propose(T0, vec![guarded(1, "ok")]).await[..], [Outcome::Put { .. }]));
     assert_eq!(r.propose(T0, vec![guarded(7, "stale")]).await, vec![Outcome::GuardFailed]);
     r.run(T0, Command::DeleteAux { table: "tokens".into(), key: "h1".into(), cond: Cond::Always }).await;
