@@ -3,7 +3,7 @@
 //!
 //! **Writes.** Handlers call [`Cluster::propose`] with one [`Command`]. A batcher task drains the
 //! queue into batches (at most `batch_max` commands; up to `batch_inflight` batches in flight),
-//! gives every op a random request id, and submits each batch as one Raft entry: locally on the
+//! gives the batch a random request id, and submits each batch as one Raft entry: locally on the
 //! leader, or forwarded once to the leader's peer listener from a follower. While no leader is
 //! known or reachable the batch is retried until `leader_wait` runs out; the request ids make a
 //! retry of a batch that did apply harmless. Each caller gets its own op's outcome.
@@ -335,11 +335,11 @@ async fn batcher(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<Pendi
             for p in batch {
                 txs.push((p.tx, p.cmds.len()));
                 for (cmd, guards) in p.cmds {
-                    ops.push(Op { id: Some(rand::random()), cmd, guards });
+                    ops.push(Op { cmd, guards });
                 }
             }
             let n = ops.len();
-            let req = Request { proposed_at_ms: now_ms(), ops };
+            let req = Request { id: Some(rand::random()), proposed_at_ms: now_ms(), ops };
             let started = Instant::now();
             let result = cluster.submit(req).await;
             cluster.metrics.observe_proposal(n, started.elapsed());
