@@ -22,6 +22,69 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     options().deserialize(bytes)
 }
 
+/// Writes a snapshot's pairs one at a time, in exactly the bytes [`encode`] gives for the whole
+/// `Vec<(Vec<u8>, Vec<u8>)>`, without holding the pairs in memory. bincode prefixes a sequence
+/// with its length, which is known only at the end: the prefix is written as a 9-byte varint
+/// (tag 253 + u64), which bincode's decoder accepts for any value, and patched by `finish`.
+pub struct PairWriter<W: std::io::Write + std::io::Seek> {
+    out: W,
+    count: u64,
+}
+
+/// bincode's varint tag for "a little-endian u64 follows".
+const VARINT_U64: u8 = 253;
+
+impl<W: std::io::Write + std::io::Seek> PairWriter<W> {
+    pub fn new(mut out: W) -> std::io::Result<Self> {
+        out.write_all(&[VARINT_U64])?;
+        out.write_all(&0u64.to_le_bytes())?;
+        Ok(PairWriter { out, count: 0 })
+    }
+
+    pub fn push(&mut self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+        options().serialize_into(&mut self.out, &(key, value)).map_err(std::io::Error::other)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Patch the length prefix and hand the writer back, with the number of pairs written.
+    pub fn finish(mut self) -> std::io::Result<(W, u64)> {
+        self.out.seek(std::io::SeekFrom::Start(1))?;
+        self.out.write_all(&self.count.to_le_bytes())?;
+        self.out.seek(std::io::SeekFrom::End(0))?;
+        Ok((self.out, self.count))
+    }
+}
+
+/// Reads back what [`PairWriter`] (or [`encode`] of a pair vector) wrote, one pair at a time.
+pub struct PairReader<R: std::io::Read> {
+    input: R,
+    left: u64,
+}
+
+impl<R: std::io::Read> PairReader<R> {
+    pub fn new(mut input: R) -> Result<Self, bincode::Error> {
+        let left: u64 = options().deserialize_from(&mut input)?;
+        Ok(PairReader { input, left })
+    }
+}
+
+impl<R: std::io::Read> Iterator for PairReader<R> {
+    type Item = Result<(Vec<u8>, Vec<u8>), bincode::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let item = options().deserialize_from(&mut self.input);
+        if item.is_err() {
+            self.left = 0;
+        }
+        Some(item)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +134,25 @@ mod tests {
     fn decode_rejects_garbage_instead_of_allocating() {
         let garbage = [0xffu8; 16];
         assert!(decode::<Request>(&garbage).is_err());
+    }
+
+    #[test]
+    fn streamed_pairs_decode_like_a_pair_vector_and_back() {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+            (0..300u32).map(|i| (format!("k{i}").into_bytes(), vec![i as u8; (i % 7) as usize])).collect();
+        let mut w = PairWriter::new(std::io::Cursor::new(Vec::new())).unwrap();
+        for (k, v) in &pairs {
+            w.push(k, v).unwrap();
+        }
+        let (out, n) = w.finish().unwrap();
+        assert_eq!(n, 300);
+        let bytes = out.into_inner();
+        let whole: Vec<(Vec<u8>, Vec<u8>)> = decode(&bytes).unwrap();
+        assert_eq!(whole, pairs);
+        let streamed: Vec<_> = PairReader::new(&encode(&pairs)[..]).unwrap().map(Result::unwrap).collect();
+        assert_eq!(streamed, pairs);
+        let mut truncated = PairReader::new(&bytes[..bytes.len() - 1]).unwrap();
+        assert!(truncated.by_ref().any(|p| p.is_err()), "a cut-short stream is an error, not an early end");
+        assert!(truncated.next().is_none());
     }
 }

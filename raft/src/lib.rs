@@ -29,8 +29,9 @@
 //!   opaque auxiliary records (`Command::PutAux`) in tables the node names.
 //! - It does not batch or forward on its own: group commit and leader forwarding are the node's
 //!   policy, built on [`network::propose_local`] and [`network::PeerClient`].
-//! - Snapshots are built in memory (`Cursor<Vec<u8>>`); a state larger than a few GB would need
-//!   file-backed snapshots.
+//! - Snapshots are files, built while applies go on (copy-on-write pre-images of the keys
+//!   changed since the cut) and streamed to followers in chunks; but a follower *installs* one
+//!   as a single atomic sled batch, so installing needs memory in the order of the state's size.
 //! - Peer traffic is signed (HMAC-SHA256 with the cluster secret), not encrypted; run the peer
 //!   listener on a private network.
 
@@ -39,8 +40,6 @@ pub mod layout;
 pub mod network;
 pub mod store;
 pub mod types;
-
-use std::io::Cursor;
 
 pub use types::{
     AuxRecord, Command, Cond, Guard, KeyChange, KeyId, Node, Op, Outcome, Record, Request, Response, Scope,
@@ -56,7 +55,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -22,7 +22,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
@@ -114,6 +113,9 @@ pub fn open_with_cache(dir: &Path, durable: bool, cache_mb: u64) -> Result<Store
     };
     let disk = Arc::new(Disk { db: db.clone(), log_file });
     let sm = db.open_tree("sm")?;
+    let snap = db.open_tree("snapshot")?;
+    let snap_dir = dir.join("snapshots");
+    tidy_snapshots(&snap_dir, &snap, &db)?;
     let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
     Ok(Store {
         changes: changes.clone(),
@@ -124,9 +126,57 @@ pub fn open_with_cache(dir: &Path, durable: bool, cache_mb: u64) -> Result<Store
             meta: db.open_tree("raft_meta")?,
             syncer: Default::default(),
         },
-        state_machine: StateMachine { disk, sm: sm.clone(), snap: db.open_tree("snapshot")?, changes },
-        view: StateView { sm, snap: db.open_tree("snapshot")? },
+        state_machine: StateMachine {
+            disk,
+            sm: sm.clone(),
+            snap: snap.clone(),
+            snap_dir: snap_dir.clone(),
+            cut: Default::default(),
+            changes,
+        },
+        view: StateView { sm, snap, snap_dir },
     })
+}
+
+/// Bring the snapshot directory in line with the `snapshot` tree at start-up: move a snapshot
+/// kept inside the tree by earlier versions out to a file, and delete files no record names
+/// (a build or a transfer cut short by a crash).
+fn tidy_snapshots(snap_dir: &Path, snap: &sled::Tree, db: &sled::Db) -> Result<(), StoreError> {
+    std::fs::create_dir_all(snap_dir)?;
+    if let (Some(data), None) = (snap.get(SNAP_DATA)?, snap.get(SNAP_FILE)?) {
+        let name = "snap-legacy.bin";
+        write_file_durably(&snap_dir.join(name), &data)?;
+        let mut b = sled::Batch::default();
+        b.insert(SNAP_FILE, name.as_bytes());
+        b.remove(SNAP_DATA);
+        snap.apply_batch(b)?;
+        db.flush()?;
+    }
+    let keep = snap.get(SNAP_FILE)?.map(|n| String::from_utf8_lossy(&n).into_owned());
+    for entry in std::fs::read_dir(snap_dir)? {
+        let entry = entry?;
+        if Some(entry.file_name().to_string_lossy().as_ref()) != keep.as_deref() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+fn write_file_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut f, data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+/// fsync the directory holding `path`, so a rename into it survives power loss.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 fn io_read<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
@@ -344,14 +394,73 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 pub struct StateMachine {
     disk: Arc<Disk>,
     sm: sled::Tree,
+    /// The current snapshot's record: its `SnapshotMeta` and the name of its file in `snap_dir`.
     snap: sled::Tree,
+    snap_dir: std::path::PathBuf,
+    /// The cut of the snapshot being built, if one is.
+    cut: CutSlot,
     changes: tokio::sync::broadcast::Sender<KeyChange>,
+}
+
+/// A snapshot in the making, copy-on-write at the key level. sled 0.34 has no point-in-time
+/// iterator, so the builder iterates the live tree while `apply` goes on, and `apply` records
+/// here, just before it first changes a key, the value that key had at the cut. The builder
+/// writes a recorded pre-image in place of whatever it iterated (and, at the end, the
+/// pre-images of keys deleted since the cut that it never met), which gives exactly the state
+/// at the cut: keys no apply has touched since cannot have changed.
+struct Cut {
+    generation: u64,
+    pre: std::collections::HashMap<Vec<u8>, PreImage>,
+}
+
+struct PreImage {
+    /// The value at the cut; `None` for a key created after it.
+    value: Option<sled::IVec>,
+    /// Whether the builder has met the key while iterating.
+    met: bool,
+}
+
+#[derive(Clone, Default)]
+struct CutSlot(Arc<std::sync::Mutex<Option<Cut>>>);
+
+impl CutSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Cut>> {
+        // Every critical section is short and cannot panic halfway through an update.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drop the cut of build `generation`, if it is still the current one.
+    fn clear(&self, generation: u64) {
+        let mut slot = self.lock();
+        if slot.as_ref().is_some_and(|c| c.generation == generation) {
+            *slot = None;
+        }
+    }
+}
+
+impl StateMachine {
+    /// Record the current value of each of `keys` not yet recorded, while a snapshot is being
+    /// built. Called with the keys of a batch just before the batch is written.
+    fn preserve<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Result<(), StoreError> {
+        let mut slot = self.cut.lock();
+        let Some(cut) = slot.as_mut() else { return Ok(()) };
+        for k in keys {
+            if !cut.pre.contains_key(k) {
+                let value = self.sm.get(k)?;
+                cut.pre.insert(k.to_vec(), PreImage { value, met: false });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How many key changes a slow subscriber may fall behind before it misses some.
 const CHANGE_BUFFER: usize = 16_384;
 
 const SNAP_META: &[u8] = b"meta";
+/// The file in the snapshot directory that holds the current snapshot's data.
+const SNAP_FILE: &[u8] = b"file";
+/// Where versions before file-backed snapshots kept the data (moved out at open).
 const SNAP_DATA: &[u8] = b"data";
 
 /// A batch of pending writes over the `sm` tree: reads see earlier writes of the same batch.
@@ -614,18 +723,42 @@ impl StateMachine {
         }
     }
 
-    fn snapshot_from_tree(&self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let meta = self.snap.get(SNAP_META).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let data = self.snap.get(SNAP_DATA).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        match (meta, data) {
-            (Some(m), Some(d)) => {
-                let meta: SnapshotMeta<NodeId, Node> =
-                    decode(&m).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-                Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(d.to_vec())) }))
+    /// The current snapshot, opened from its file.
+    async fn snapshot_from_files(&self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let rerr =
+            |e: &dyn std::fmt::Display| StorageIOError::read_snapshot(None, AnyError::error(e.to_string()));
+        let meta = self.snap.get(SNAP_META).map_err(|e| rerr(&e))?;
+        let file = self.snap.get(SNAP_FILE).map_err(|e| rerr(&e))?;
+        let (Some(m), Some(f)) = (meta, file) else { return Ok(None) };
+        let meta: SnapshotMeta<NodeId, Node> = decode(&m).map_err(|e| rerr(&e))?;
+        let path = self.snap_dir.join(String::from_utf8_lossy(&f).as_ref());
+        let data = tokio::fs::File::open(&path).await.map_err(|e| rerr(&e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(data) }))
+    }
+
+    fn snapshot_store(&self) -> SnapshotStore {
+        SnapshotStore { disk: self.disk.clone(), snap: self.snap.clone(), snap_dir: self.snap_dir.clone() }
+    }
+}
+
+/// Delete every file in the snapshot directory but `keep`. Best effort: a leftover is removed at
+/// the next start.
+fn remove_snapshot_files_except(snap_dir: &Path, keep: &str) {
+    if let Ok(entries) = std::fs::read_dir(snap_dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy() != keep {
+                let _ = std::fs::remove_file(entry.path());
             }
-            _ => Ok(None),
         }
     }
+}
+
+fn snapshot_file_name(last: Option<LogId<NodeId>>) -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default();
+    format!("snap-{}-{micros}.bin", last.map(|l| l.index).unwrap_or(0))
 }
 
 /// Everything a snapshot carries besides openraft's `SnapshotMeta`: every `sm` pair except the
@@ -676,6 +809,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ov.put(META_APPLIED.to_vec(), encode(&last));
         }
         let changes = std::mem::take(&mut ov.changes);
+        self.preserve(ov.writes.keys().map(|k| k.as_slice())).map_err(werr)?;
         self.sm.apply_batch(ov.into_batch()).map_err(|e| werr(e.into()))?;
         for c in changes {
             // No subscriber is not an error: the feed is best-effort and in memory only.
@@ -685,105 +819,249 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Called by openraft's state-machine worker between applies, so the copy taken here is a
-        // consistent cut at `last_applied` (sled 0.34 has no point-in-time iterator).
-        let copy = (|| -> Result<_, StoreError> {
+        // Runs in openraft's state-machine worker between applies: what is applied now is the
+        // cut. Only the cut is taken here; the copy happens in `build_snapshot`, concurrently
+        // with later applies (see [`Cut`]).
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let head = (|| -> Result<_, StoreError> {
             let applied: Option<LogId<NodeId>> =
                 self.sm.get(META_APPLIED)?.map(|v| decode(&v)).transpose()?;
             let membership: StoredMembership<NodeId, Node> =
                 self.sm.get(META_MEMBERSHIP)?.map(|v| decode(&v)).transpose()?.unwrap_or_default();
-            let mut pairs = SnapshotPairs::new();
-            for item in self.sm.iter() {
-                let (k, v) = item?;
-                if !is_raft_meta(&k) {
-                    pairs.push((k.to_vec(), v.to_vec()));
-                }
-            }
-            Ok((applied, membership, pairs))
+            Ok((applied, membership))
         })();
+        let mut slot = self.cut.lock();
+        if let Some(old) = slot.as_ref() {
+            tracing::warn!(generation = old.generation, "a snapshot build was superseded by a newer one");
+        }
+        *slot = Some(Cut { generation, pre: Default::default() });
+        drop(slot);
         SnapshotBuilder {
-            copy: copy.map_err(|e| e.to_string()),
-            disk: self.disk.clone(),
-            snap: self.snap.clone(),
+            head: head.map_err(|e| e.to_string()),
+            generation,
+            sm: self.sm.clone(),
+            cut: self.cut.clone(),
+            machine: self.snapshot_store(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+        let path = self.snap_dir.join(format!("{}.recv", snapshot_file_name(None)));
+        let werr = |e: std::io::Error| StorageIOError::write_snapshot(None, &e);
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(werr)?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> StorageResult<()> {
         let sig = Some(meta.signature());
-        let bytes = snapshot.into_inner();
-        let pairs: SnapshotPairs =
-            decode(&bytes).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
-        // Keep the received snapshot as the current one (it is what we would send onwards).
-        let mut sb = sled::Batch::default();
-        sb.insert(SNAP_META, encode(meta));
-        sb.insert(SNAP_DATA, bytes);
-        self.snap.apply_batch(sb).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        // Replace the state machine in one atomic batch: old keys out, snapshot keys in,
-        // applied/membership last. Keys absent from the snapshot must not survive.
-        let mut b = sled::Batch::default();
-        for item in self.sm.iter().keys() {
-            b.remove(item.map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?);
-        }
-        for (k, v) in pairs {
-            b.insert(k, v);
-        }
-        if let Some(last) = meta.last_log_id {
-            b.insert(META_APPLIED, encode(&last));
-        }
-        b.insert(META_MEMBERSHIP, encode(&meta.last_membership));
-        self.sm.apply_batch(b).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        self.disk.sync().await.map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
-        Ok(())
+        let werr = |e: &dyn std::fmt::Display| {
+            StorageIOError::write_snapshot(sig.clone(), AnyError::error(e.to_string()))
+        };
+        // Keep a copy as the current snapshot (it is what we would send onwards), then replace
+        // the state machine in one atomic batch: old keys out, snapshot keys in, applied and
+        // membership last. Keys absent from the snapshot must not survive.
+        let name = snapshot_file_name(meta.last_log_id);
+        let path = self.snap_dir.join(&name);
+        let mut source = snapshot.into_std().await;
+        let sm = self.sm.clone();
+        let last = meta.last_log_id;
+        let membership = meta.last_membership.clone();
+        let cut = self.cut.clone();
+        let replaced = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            use std::io::{Seek, SeekFrom};
+            source.seek(SeekFrom::Start(0))?;
+            let tmp = path.with_extension("tmp");
+            let mut copy = std::fs::File::create(&tmp)?;
+            std::io::copy(&mut source, &mut copy)?;
+            copy.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            sync_dir(&path)?;
+            let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
+            let mut b = sled::Batch::default();
+            let mut touched: Vec<Vec<u8>> = Vec::new();
+            for item in sm.iter().keys() {
+                let k = item?;
+                touched.push(k.to_vec());
+                b.remove(k);
+            }
+            for pair in crate::codec::PairReader::new(reader)? {
+                let (k, v) = pair?;
+                touched.push(k.clone());
+                b.insert(k, v);
+            }
+            if let Some(last) = last {
+                b.insert(META_APPLIED, encode(&last));
+            }
+            b.insert(META_MEMBERSHIP, encode(&membership));
+            {
+                // A build of our own in progress must still see the state at its cut.
+                let mut slot = cut.lock();
+                if let Some(c) = slot.as_mut() {
+                    for k in touched {
+                        if let std::collections::hash_map::Entry::Vacant(e) = c.pre.entry(k) {
+                            let value = sm.get(e.key())?;
+                            e.insert(PreImage { value, met: false });
+                        }
+                    }
+                }
+            }
+            sm.apply_batch(b)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| werr(&e))?;
+        replaced.map_err(|e| werr(&e))?;
+        self.snapshot_store().adopt(meta, &name).await
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        self.snapshot_from_tree()
+        self.snapshot_from_files().await
     }
 }
 
-/// A consistent cut of the state machine: last applied, membership, and every data pair.
-type SnapshotCopy = (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>, SnapshotPairs);
-
-pub struct SnapshotBuilder {
-    copy: Result<SnapshotCopy, String>,
+/// Where snapshots are recorded: the `snapshot` tree and the directory of snapshot files.
+struct SnapshotStore {
     disk: Arc<Disk>,
     snap: sled::Tree,
+    snap_dir: std::path::PathBuf,
+}
+
+impl SnapshotStore {
+    /// Make the snapshot file `name` (already durable in `snap_dir`) the current snapshot, then
+    /// delete every other file there.
+    async fn adopt(&self, meta: &SnapshotMeta<NodeId, Node>, name: &str) -> StorageResult<()> {
+        let sig = Some(meta.signature());
+        let mut b = sled::Batch::default();
+        b.insert(SNAP_META, encode(meta));
+        b.insert(SNAP_FILE, name.as_bytes());
+        b.remove(SNAP_DATA);
+        self.snap.apply_batch(b).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        self.disk.sync().await.map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+        remove_snapshot_files_except(&self.snap_dir, name);
+        Ok(())
+    }
+}
+
+type SnapshotHead = (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>);
+
+pub struct SnapshotBuilder {
+    /// Last applied and membership at the cut.
+    head: Result<SnapshotHead, String>,
+    generation: u64,
+    sm: sled::Tree,
+    cut: CutSlot,
+    machine: SnapshotStore,
+}
+
+/// Write the state at the cut of build `generation` to `path`: every `sm` pair but the Raft
+/// metadata, in the encoding of [`SnapshotPairs`]. Runs on the blocking pool, concurrently with
+/// applies.
+fn write_cut(sm: &sled::Tree, cut: &CutSlot, generation: u64, path: &Path) -> Result<u64, StoreError> {
+    let superseded = || StoreError::Io(std::io::Error::other("the snapshot build was superseded"));
+    let file = std::fs::File::create(path)?;
+    let mut out = crate::codec::PairWriter::new(std::io::BufWriter::with_capacity(1 << 20, file))?;
+    for item in sm.iter() {
+        let (k, v) = item?;
+        if is_raft_meta(&k) {
+            continue;
+        }
+        let pre = {
+            let mut slot = cut.lock();
+            let c = slot.as_mut().filter(|c| c.generation == generation).ok_or_else(superseded)?;
+            c.pre.get_mut(&*k).map(|p| {
+                p.met = true;
+                p.value.clone()
+            })
+        };
+        match pre {
+            None => out.push(&k, &v)?,
+            Some(Some(at_cut)) => out.push(&k, &at_cut)?,
+            Some(None) => {} // created after the cut
+        }
+    }
+    // Done iterating: stop recording, then add the keys deleted since the cut that were never met.
+    let cut = {
+        let mut slot = cut.lock();
+        match slot.take() {
+            Some(c) if c.generation == generation => c,
+            other => {
+                *slot = other;
+                return Err(superseded());
+            }
+        }
+    };
+    for (k, p) in cut.pre {
+        if let (false, Some(v)) = (p.met, p.value) {
+            if !is_raft_meta(&k) {
+                out.push(&k, &v)?;
+            }
+        }
+    }
+    let (buffered, count) = out.finish()?;
+    let file = buffered.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(count)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (applied, membership, pairs) = match std::mem::replace(&mut self.copy, Err("taken".into())) {
-            Ok(c) => c,
+        let head = std::mem::replace(&mut self.head, Err("taken".into()));
+        let (applied, membership) = match head {
+            Ok(h) => h,
             Err(e) => {
+                self.cut.clear(self.generation);
                 return Err(StorageIOError::read_state_machine(AnyError::error(e)).into());
             }
         };
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or_default();
+        let name = snapshot_file_name(applied);
         let snapshot_id = match applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, micros),
-            None => format!("none-{micros}"),
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, name),
+            None => format!("none-{name}"),
         };
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
-        let bytes = encode(&pairs);
-        drop(pairs);
         let sig = Some(meta.signature());
-        let mut sb = sled::Batch::default();
-        sb.insert(SNAP_META, encode(&meta));
-        sb.insert(SNAP_DATA, bytes.clone());
-        self.snap.apply_batch(sb).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        self.disk.sync().await.map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        let werr = |e: &dyn std::fmt::Display| {
+            StorageIOError::write_snapshot(sig.clone(), AnyError::error(e.to_string()))
+        };
+        let (sm, cut, generation) = (self.sm.clone(), self.cut.clone(), self.generation);
+        let path = self.machine.snap_dir.join(&name);
+        let tmp = path.with_extension("tmp");
+        let started = std::time::Instant::now();
+        let written = tokio::task::spawn_blocking(move || {
+            let r = write_cut(&sm, &cut, generation, &tmp).and_then(|n| {
+                std::fs::rename(&tmp, &path)?;
+                sync_dir(&path)?;
+                Ok(n)
+            });
+            if r.is_err() {
+                cut.clear(generation);
+                let _ = std::fs::remove_file(&tmp);
+            }
+            r
+        })
+        .await
+        .map_err(|e| werr(&e))?
+        .map_err(|e| werr(&e))?;
+        tracing::info!(
+            pairs = written,
+            ms = started.elapsed().as_millis() as u64,
+            index = applied.map(|l| l.index),
+            "snapshot built"
+        );
+        self.machine.adopt(&meta, &name).await?;
+        let data = tokio::fs::File::open(self.machine.snap_dir.join(&name)).await.map_err(|e| werr(&e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(data) })
     }
 }
 
@@ -832,6 +1110,7 @@ pub fn seed_store(store: &Store, dir: &Path, data: &[u8]) -> Result<usize, Store
 pub struct StateView {
     sm: sled::Tree,
     snap: sled::Tree,
+    snap_dir: std::path::PathBuf,
 }
 
 impl StateView {
@@ -958,12 +1237,13 @@ impl StateView {
     /// The last snapshot this node built or received: `(last log index, last log term, data)`,
     /// where data is what [`seed`] takes. `None` before the first snapshot.
     pub fn current_snapshot(&self) -> Result<Option<(u64, u64, Vec<u8>)>, StoreError> {
-        let (Some(m), Some(d)) = (self.snap.get(SNAP_META)?, self.snap.get(SNAP_DATA)?) else {
+        let (Some(m), Some(f)) = (self.snap.get(SNAP_META)?, self.snap.get(SNAP_FILE)?) else {
             return Ok(None);
         };
         let meta: SnapshotMeta<NodeId, Node> = decode(&m)?;
         let (index, term) = meta.last_log_id.map(|l| (l.index, l.leader_id.term)).unwrap_or((0, 0));
-        Ok(Some((index, term, d.to_vec())))
+        let data = std::fs::read(self.snap_dir.join(String::from_utf8_lossy(&f).as_ref()))?;
+        Ok(Some((index, term, data)))
     }
 
     /// Number of stored keys, expired-but-unpurged included.

@@ -61,6 +61,24 @@ fn op(cmd: Command) -> Op {
     Op { cmd, guards: vec![] }
 }
 
+async fn read_all(mut data: Box<tokio::fs::File>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    data.read_to_end(&mut bytes).await.expect("read snapshot data");
+    bytes
+}
+
+/// Write `bytes` into a receiving snapshot of `r` in small chunks, as openraft's transport does.
+async fn receive(r: &mut Replica, bytes: &[u8]) -> Box<tokio::fs::File> {
+    use tokio::io::AsyncWriteExt;
+    let mut rx = r.store.state_machine.begin_receiving_snapshot().await.expect("begin receiving");
+    for chunk in bytes.chunks(7) {
+        rx.write_all(chunk).await.expect("write chunk");
+    }
+    rx.shutdown().await.expect("flush");
+    rx
+}
+
 /// One node's store in a temp dir, with a log-index counter for the entries it is fed.
 struct Replica {
     dir: TempDir,
@@ -525,7 +543,7 @@ async fn an_installed_snapshot_replaces_the_whole_state_and_survives_a_reopen() 
     let snap = a.store.state_machine.get_snapshot_builder().await.build_snapshot().await.expect("build");
     assert_eq!(snap.meta.last_log_id, a_applied.0);
     assert_eq!(snap.meta.last_membership, a_applied.1);
-    let snap_bytes = snap.snapshot.get_ref().clone();
+    let snap_bytes = read_all(snap.snapshot).await;
     let a_current =
         a.store.state_machine.get_current_snapshot().await.unwrap().expect("A keeps its snapshot");
     assert_eq!(a_current.meta, snap.meta);
@@ -545,7 +563,9 @@ async fn an_installed_snapshot_replaces_the_whole_state_and_survives_a_reopen() 
     assert_ne!(b.state_hash(), a.state_hash());
     assert_eq!(b.store.state_machine.get_current_snapshot().await.unwrap().map(|s| s.meta), None);
 
-    b.store.state_machine.install_snapshot(&snap.meta, snap.snapshot).await.expect("install");
+    // As openraft streams it: into the file begin_receiving_snapshot gives, chunk by chunk.
+    let received = receive(&mut b, &snap_bytes).await;
+    b.store.state_machine.install_snapshot(&snap.meta, received).await.expect("install");
 
     let check_b_matches_a = |b: &Replica, a: &Replica| {
         for now in [T0, expires] {
@@ -570,7 +590,7 @@ async fn an_installed_snapshot_replaces_the_whole_state_and_survives_a_reopen() 
     let current =
         b.store.state_machine.get_current_snapshot().await.unwrap().expect("installed snapshot kept");
     assert_eq!(current.meta, snap.meta);
-    assert_eq!(current.snapshot.get_ref(), &snap_bytes);
+    assert_eq!(read_all(current.snapshot).await, snap_bytes);
 
     // Everything is still there after closing B and opening it again from disk.
     let mut b = b.reopen();
@@ -587,6 +607,48 @@ async fn an_installed_snapshot_replaces_the_whole_state_and_survives_a_reopen() 
     assert_eq!(b.value(&user_key, T0).as_deref(), Some("ciphertext"));
     assert_eq!(b.run(expires, Command::PurgeExpired { now_ms: expires }).await, Outcome::Purged { count: 1 });
     assert_eq!(b.list(Scope::System, "", "", T0), ["region"]);
+}
+
+/// A snapshot is the state at the moment its builder was taken, however much is applied while it
+/// is being written: keys changed, deleted or created after the cut appear as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_holds_the_state_at_its_cut_while_applies_go_on() {
+    let mut a = Replica::new();
+    let mut ops: Vec<Op> = (0..500).map(|i| op(put(KeyId::system(format!("k{i:03}")), "v0", T0))).collect();
+    ops.push(op(put(KeyId::user("alice", "mine"), "a0", T0)));
+    a.propose(T0, ops).await;
+    let at_cut = (a.state_hash(), a.list(Scope::System, "", "", T0), a.applied_state().await);
+
+    let mut builder = a.store.state_machine.get_snapshot_builder().await;
+    // After the cut: updates, deletions (some keys twice), creations, a user key removed.
+    let mut later: Vec<Op> =
+        (0..500).step_by(3).map(|i| op(put(KeyId::system(format!("k{i:03}")), "v1", T0))).collect();
+    later.extend((0..500).step_by(7).map(|i| op(delete(KeyId::system(format!("k{i:03}")), T0))));
+    later.extend((0..50).map(|i| op(put(KeyId::system(format!("new{i}")), "n", T0))));
+    later.push(op(delete(KeyId::user("alice", "mine"), T0)));
+    a.propose(T0 + 1, later).await;
+    a.propose(T0 + 2, vec![op(put(KeyId::system("k001"), "v2", T0))]).await;
+    assert_ne!(a.state_hash(), at_cut.0);
+
+    let snap = builder.build_snapshot().await.expect("build");
+    assert_eq!((snap.meta.last_log_id, snap.meta.last_membership.clone()), at_cut.2);
+    let bytes = read_all(snap.snapshot).await;
+
+    let mut b = Replica::new();
+    let received = receive(&mut b, &bytes).await;
+    b.store.state_machine.install_snapshot(&snap.meta, received).await.expect("install");
+    assert_eq!(b.state_hash(), at_cut.0, "the snapshot is the state at the cut");
+    assert_eq!(b.list(Scope::System, "", "", T0), at_cut.1);
+    assert_eq!(b.value(&KeyId::user("alice", "mine"), T0).as_deref(), Some("a0"));
+
+    // The build is over: later applies no longer record anything, and the next snapshot is the
+    // state of the moment again.
+    a.propose(T0 + 3, vec![op(put(KeyId::system("k002"), "v3", T0))]).await;
+    let again = a.store.state_machine.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let mut c = Replica::new();
+    let received = receive(&mut c, &read_all(again.snapshot).await).await;
+    c.store.state_machine.install_snapshot(&again.meta, received).await.expect("install");
+    assert_eq!(c.state_hash(), a.state_hash());
 }
 
 // ---------------------------------------------------------------------------------------------
