@@ -175,9 +175,9 @@ impl PeerClient {
             if e.is_connect() {
                 PostError::Unreachable(e)
             } else if e.is_timeout() {
-                PostError::Timeout(e.to_string())
+                PostError::Timeout(with_causes(&e))
             } else {
-                PostError::Network(e.to_string())
+                PostError::Network(with_causes(&e))
             }
         })?;
         if resp.status() == StatusCode::UNAUTHORIZED {
@@ -188,9 +188,9 @@ impl PeerClient {
         }
         let bytes = resp.bytes().await.map_err(|e| {
             if e.is_timeout() {
-                PostError::Timeout(e.to_string())
+                PostError::Timeout(with_causes(&e))
             } else {
-                PostError::Network(e.to_string())
+                PostError::Network(with_causes(&e))
             }
         })?;
         decode(&bytes).map_err(|e| PostError::Network(format!("undecodable answer from {path}: {e}")))
@@ -560,4 +560,17 @@ mod tests {
         assert!(decode_hex("zz").is_none());
         assert!(!check("s3cret", &headers(now, "not-hex"), "/raft/append", b"body"));
     }
+}
+
+/// An error with its chain of causes: reqwest's own message ("error sending request for url")
+/// leaves out whether it was a timeout, a reset or a refused connection.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    msg
 }
