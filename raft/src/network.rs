@@ -531,6 +531,19 @@ pub async fn propose_local(raft: &Raft, req: Request) -> Result<Response, PeerEr
     }
 }
 
+/// An error with its chain of causes: reqwest's own message ("error sending request for url")
+/// leaves out whether it was a timeout, a reset or a refused connection.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,17 +573,4 @@ mod tests {
         assert!(decode_hex("zz").is_none());
         assert!(!check("s3cret", &headers(now, "not-hex"), "/raft/append", b"body"));
     }
-}
-
-/// An error with its chain of causes: reqwest's own message ("error sending request for url")
-/// leaves out whether it was a timeout, a reset or a refused connection.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        msg.push_str(": ");
-        msg.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    msg
 }
