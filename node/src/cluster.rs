@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
-use st2kv_raft::network::{change_membership_local, propose_local, MembershipChange, PeerClient, PeerError};
+use st2kv_raft::network::{
+    change_membership_local, propose_local, ForwardSink, Forwarded, MembershipChange, PeerClient, PeerError,
+};
 use st2kv_raft::store::StateView;
 use st2kv_raft::{Command, Node, Op, Outcome, Raft, Request, Response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -50,6 +52,8 @@ pub struct Cluster {
     peers: PeerClient,
     leader_wait: Duration,
     queue: mpsc::Sender<Pending>,
+    /// Batches followers forwarded to this node while it leads (see [`Cluster::forward_sink`]).
+    forwarded: mpsc::Sender<Forwarded>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Free MiB in the data dir's file system (updated by [`disk_watch`]), and the reserve.
     pub free_mb: std::sync::atomic::AtomicU64,
@@ -73,6 +77,7 @@ impl Cluster {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Cluster> {
         let (queue, rx) = mpsc::channel(batching.max_ops.max(1) * batching.inflight.max(1) * 4);
+        let (forwarded, fwd_rx) = mpsc::channel(1024);
         let cluster = Arc::new(Cluster {
             id,
             reads: Default::default(),
@@ -81,12 +86,19 @@ impl Cluster {
             peers,
             leader_wait,
             queue,
+            forwarded,
             metrics,
             free_mb: std::sync::atomic::AtomicU64::new(u64::MAX),
             min_free_mb: std::sync::atomic::AtomicU64::new(0),
         });
-        tokio::spawn(batcher(Arc::downgrade(&cluster), rx, batching));
+        tokio::spawn(batcher(Arc::downgrade(&cluster), rx, fwd_rx, batching));
         cluster
+    }
+
+    /// Where the peer listener puts batches forwarded by followers: they travel in this node's
+    /// next entry, next to its own commands, instead of each becoming an entry.
+    pub fn forward_sink(&self) -> ForwardSink {
+        self.forwarded.clone()
     }
 
     /// The leader this node currently believes in, with its address.
@@ -315,31 +327,60 @@ impl Cluster {
     }
 }
 
-/// Group commit: drain waiting commands into batches and submit each as one Raft entry.
-async fn batcher(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<Pending>, cfg: Batching) {
+/// Group commit: drain waiting commands, and batches forwarded by followers, into batches and
+/// submit each as one Raft entry.
+async fn batcher(
+    cluster: std::sync::Weak<Cluster>,
+    mut rx: mpsc::Receiver<Pending>,
+    mut fwd_rx: mpsc::Receiver<Forwarded>,
+    cfg: Batching,
+) {
     let slots = Arc::new(Semaphore::new(cfg.inflight.max(1)));
-    while let Some(first) = rx.recv().await {
+    loop {
+        let mut local = Vec::new();
+        let mut carried = Vec::new();
+        tokio::select! {
+            p = rx.recv() => match p {
+                Some(p) => local.push(p),
+                None => return,
+            },
+            Some(f) = fwd_rx.recv() => carried.push(f),
+        }
         // Waiting for a slot is what lets a batch grow while earlier ones are in flight.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < cfg.max_ops {
+        let mut ops: usize = local.iter().map(|p| p.cmds.len()).sum::<usize>()
+            + carried.iter().map(|(r, _)| r.ops.len()).sum::<usize>();
+        while ops < cfg.max_ops {
+            match fwd_rx.try_recv() {
+                Ok(f) => {
+                    ops += f.0.ops.len();
+                    carried.push(f);
+                }
+                Err(_) => break,
+            }
+        }
+        while ops < cfg.max_ops {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    ops += p.cmds.len();
+                    local.push(p);
+                }
                 Err(_) => break,
             }
         }
         let Some(cluster) = cluster.upgrade() else { return };
         tokio::spawn(async move {
-            let mut txs = Vec::with_capacity(batch.len());
-            let mut ops = Vec::with_capacity(batch.len());
-            for p in batch {
+            let mut txs = Vec::with_capacity(local.len());
+            let mut own = Vec::with_capacity(ops);
+            for p in local {
                 txs.push((p.tx, p.cmds.len()));
                 for (cmd, guards) in p.cmds {
-                    ops.push(Op { cmd, guards });
+                    own.push(Op { cmd, guards });
                 }
             }
-            let n = ops.len();
-            let req = Request { id: Some(rand::random()), proposed_at_ms: now_ms(), ops };
+            let (also, fwd_txs): (Vec<Request>, Vec<_>) = carried.into_iter().unzip();
+            let n = own.len() + also.iter().map(|r| r.ops.len()).sum::<usize>();
+            let req = Request { id: Some(rand::random()), proposed_at_ms: now_ms(), ops: own, also };
             let started = Instant::now();
             let result = cluster.submit(req).await;
             cluster.metrics.observe_proposal(n, started.elapsed());
@@ -349,8 +390,14 @@ async fn batcher(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<Pendi
                     for (tx, k) in txs {
                         let _ = tx.send(Ok(outcomes.by_ref().take(k).collect()));
                     }
+                    for (tx, part) in fwd_txs.into_iter().zip(resp.also) {
+                        let _ = tx.send(Ok(part));
+                    }
                 }
                 Err(e) => {
+                    for tx in fwd_txs {
+                        let _ = tx.send(Err(for_follower(&e)));
+                    }
                     for (tx, _) in txs {
                         let _ = tx.send(Err(e.clone()));
                     }
@@ -358,6 +405,15 @@ async fn batcher(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<Pendi
             }
             drop(slot);
         });
+    }
+}
+
+/// How a failed batch is reported to the follower that forwarded part of it: it retries (the
+/// request id makes that safe) or gives its client the same answer.
+fn for_follower(e: &ApiError) -> PeerError {
+    match e {
+        ApiError::OutcomeUnknown(m) => PeerError::Timeout(m.clone()),
+        other => PeerError::Unavailable(other.to_string()),
     }
 }
 

@@ -578,7 +578,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
-    let peer_srv = serve(peer_l, peer_router(raft.clone(), secret), peer_stop_rx);
+    let peer_srv =
+        serve(peer_l, peer_router(raft.clone(), secret, Some(cluster.forward_sink())), peer_stop_rx);
     let api_srv = serve(api_l, api_router(app.clone()), stop_rx.clone());
     let auth_srv = serve(auth_l, auth_router(app.clone()), stop_rx);
 

@@ -115,6 +115,7 @@ mod tests {
                 },
                 Op { cmd: Command::PurgeExpired { now_ms: 3 }, guards: vec![] },
             ],
+            also: vec![Request { id: Some(5), proposed_at_ms: 6, ops: vec![], also: vec![] }],
         };
         let entry: Entry<TypeConfig> = Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), 42),

@@ -6,7 +6,7 @@
 //! | `/raft/append` | `AppendEntriesRequest` | `Result<AppendEntriesResponse, RaftError>` |
 //! | `/raft/vote` | `VoteRequest` | `Result<VoteResponse, RaftError>` |
 //! | `/raft/snapshot` | `InstallSnapshotRequest` (one chunk) | `Result<InstallSnapshotResponse, RaftError<InstallSnapshotError>>` |
-//! | `/raft/write` | `Request` (a batch, from a follower) | `Result<Response, PeerError>` |
+//! | `/raft/write` | `Request` (a batch, from a follower; carried in the leader's next entry) | `Result<Response, PeerError>` |
 //! | `/raft/read_index` | `()` | `Result<Option<LogId>, PeerError>` |
 //! | `/raft/membership` | `MembershipChange` | `Result<(), PeerError>` (adds catch up as learners first) |
 //!
@@ -341,14 +341,24 @@ impl RaftNetwork<TypeConfig> for Connection {
 // ---------------------------------------------------------------------------------------------
 // Server side
 
+/// One batch a follower forwarded, and where its answer goes.
+pub type Forwarded = (Request, tokio::sync::oneshot::Sender<Result<Response, PeerError>>);
+
+/// Where the peer listener hands batches forwarded by followers while this node leads: the
+/// node's group commit, which carries them in its own next entry ([`Request::also`]) rather
+/// than proposing an entry per forwarded batch.
+pub type ForwardSink = tokio::sync::mpsc::Sender<Forwarded>;
+
 #[derive(Clone)]
 struct PeerState {
     raft: Raft,
     secret: Option<Arc<str>>,
+    sink: Option<ForwardSink>,
 }
 
 /// The peer listener's routes. Mount them on their own listener, never on the public API.
-pub fn peer_router(raft: Raft, secret: Option<String>) -> Router {
+/// Without a `sink` each forwarded batch is proposed as an entry of its own.
+pub fn peer_router(raft: Raft, secret: Option<String>, sink: Option<ForwardSink>) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -358,7 +368,7 @@ pub fn peer_router(raft: Raft, secret: Option<String>) -> Router {
         .route("/raft/membership", post(membership))
         // Snapshot chunks and large appends exceed axum's 2 MB default (pitfall P6).
         .layer(DefaultBodyLimit::max(64 << 20))
-        .with_state(PeerState { raft, secret: secret.map(Arc::from) })
+        .with_state(PeerState { raft, secret: secret.map(Arc::from), sink })
 }
 
 fn authorized(state: &PeerState, headers: &HeaderMap, path: &str, body: &[u8]) -> bool {
@@ -424,7 +434,28 @@ async fn snapshot(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -
 
 async fn write(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
     let req = guard!(s, headers, body, "/raft/write", Request);
-    bincode_reply(&propose_local(&s.raft, req).await)
+    // Only while this node leads: a node that does not would forward the batch on, and two nodes
+    // that each believed the other led would hold each other's batches until they timed out.
+    let leading = {
+        let m = s.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(m.id)
+    };
+    match s.sink.as_ref().filter(|_| leading) {
+        Some(sink) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let answer = match sink.send((req, tx)).await {
+                Ok(()) => rx.await.unwrap_or_else(|_| {
+                    Err(PeerError::Timeout(
+                        "the leader stopped before answering; the batch may have applied".into(),
+                    ))
+                }),
+                Err(tokio::sync::mpsc::error::SendError((req, _))) => propose_local(&s.raft, req).await,
+            };
+            bincode_reply(&answer)
+        }
+        None => bincode_reply(&propose_local(&s.raft, req).await),
+    }
 }
 
 async fn read_index(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {

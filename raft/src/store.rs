@@ -667,7 +667,15 @@ fn check_revision(cond: Cond, current: Option<u64>) -> Option<Outcome> {
     (!holds).then_some(Outcome::CondFailed { current })
 }
 
-fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response, StoreError> {
+/// Apply one entry's request: its own ops, then each batch it carries for other nodes
+/// ([`Request::also`]), each remembered under its own id. `next_seq` numbers the ops across
+/// all of them, so every op of the entry has its own position.
+fn apply_request(
+    ov: &mut Overlay,
+    index: u64,
+    req: &Request,
+    next_seq: &mut u32,
+) -> Result<Response, StoreError> {
     // Forget request ids proposed more than DEDUP_WINDOW_MS before this batch, first, so whether
     // an old id is remembered never depends on unrelated traffic in between.
     for ak in ov.keys_in(&[DEDUP_AGE], &dedup_age_bound(req.proposed_at_ms - DEDUP_WINDOW_MS))? {
@@ -676,15 +684,42 @@ fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response
         }
         ov.del(ak);
     }
-    if let Some(id) = req.id {
-        if let Some(prev) = ov.get(&dedup_key(id))? {
-            return Ok(decode(&prev)?);
+    let remembered = match req.id {
+        Some(id) => ov.get(&dedup_key(id))?,
+        None => None,
+    };
+    let outcomes = match remembered {
+        Some(prev) => {
+            *next_seq += req.ops.len() as u32;
+            decode::<Response>(&prev)?.outcomes
         }
+        None => {
+            let outcomes = apply_ops(ov, index, &req.ops, next_seq)?;
+            if let Some(id) = req.id {
+                ov.put(dedup_key(id), encode(&Response { outcomes: outcomes.clone(), also: Vec::new() }));
+                ov.put(dedup_age_key(req.proposed_at_ms, id), Vec::new());
+            }
+            outcomes
+        }
+    };
+    let mut also = Vec::with_capacity(req.also.len());
+    for part in &req.also {
+        also.push(apply_request(ov, index, part, next_seq)?);
     }
-    let mut outcomes = Vec::with_capacity(req.ops.len());
+    Ok(Response { outcomes, also })
+}
+
+fn apply_ops(
+    ov: &mut Overlay,
+    index: u64,
+    ops: &[Op],
+    next_seq: &mut u32,
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut outcomes = Vec::with_capacity(ops.len());
     let mut applied = 0u64;
-    for (seq, op) in req.ops.iter().enumerate() {
-        ov.at = (index, seq as u32);
+    for op in ops {
+        ov.at = (index, *next_seq);
+        *next_seq += 1;
         let mut guarded = true;
         for g in &op.guards {
             if ov.aux(&aux_key(&g.table, &g.key))?.map(|r| r.revision) != Some(g.revision) {
@@ -700,17 +735,12 @@ fn apply_request(ov: &mut Overlay, index: u64, req: &Request) -> Result<Response
         };
         outcomes.push(outcome);
     }
-    let ops: u64 = match ov.get(META_OPS)? {
+    let count: u64 = match ov.get(META_OPS)? {
         Some(v) => decode(&v)?,
         None => 0,
     };
-    ov.put(META_OPS.to_vec(), encode(&(ops + applied)));
-    let response = Response { outcomes };
-    if let Some(id) = req.id {
-        ov.put(dedup_key(id), encode(&response));
-        ov.put(dedup_age_key(req.proposed_at_ms, id), Vec::new());
-    }
-    Ok(response)
+    ov.put(META_OPS.to_vec(), encode(&(count + applied)));
+    Ok(outcomes)
 }
 
 impl StateMachine {
@@ -796,7 +826,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match &entry.payload {
                 EntryPayload::Blank => responses.push(Response::default()),
                 EntryPayload::Normal(req) => {
-                    responses.push(apply_request(&mut ov, entry.log_id.index, req).map_err(werr)?)
+                    responses.push(apply_request(&mut ov, entry.log_id.index, req, &mut 0).map_err(werr)?)
                 }
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());

@@ -172,6 +172,10 @@ pub struct Request {
     /// The proposer's clock (unix ms) when the batch was formed; ages out remembered request ids.
     pub proposed_at_ms: i64,
     pub ops: Vec<Op>,
+    /// Batches other nodes forwarded to the leader, carried in the same entry after this one's
+    /// ops. Each keeps its own id (a retry of it is recognised on its own) and gets its own
+    /// [`Response`] in [`Response::also`], in the same order.
+    pub also: Vec<Request>,
 }
 
 /// What one op did.
@@ -222,4 +226,6 @@ pub struct KeyChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Response {
     pub outcomes: Vec<Outcome>,
+    /// One response per [`Request::also`] batch, in order.
+    pub also: Vec<Response>,
 }

@@ -28,7 +28,11 @@ fn normal(term: u64, index: u64, proposed_at_ms: i64, ops: Vec<Op>) -> Entry<Typ
 
 /// An entry holding one batch, with or without a request id.
 fn batch(term: u64, index: u64, proposed_at_ms: i64, id: Option<u128>, ops: Vec<Op>) -> Entry<TypeConfig> {
-    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Request { id, proposed_at_ms, ops }) }
+    entry(term, index, Request { id, proposed_at_ms, ops, also: vec![] })
+}
+
+fn entry(term: u64, index: u64, req: Request) -> Entry<TypeConfig> {
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(req) }
 }
 
 /// A put of a plain, non-expiring value. The id it would give a new key is derived from the value,
@@ -439,6 +443,50 @@ async fn request_ids_are_forgotten_after_the_dedup_window() {
     let again = r.propose_batch(T0 + DEDUP_WINDOW_MS + 2, Some(42), retried).await; // entry 4
     assert!(matches!(&again[..], [Outcome::Put { created: false, record }] if record.revision == 4));
     assert_eq!(r.ops_applied(), 3);
+}
+
+/// A follower's batch forwarded to the leader rides in the leader's own entry ([`Request::also`]),
+/// and is still recognised by its own id when it comes again: alone (a retry sent to a new
+/// leader) or carried, nested, inside yet another entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_carried_in_another_entry_keeps_its_own_id_and_outcomes() {
+    let mut r = Replica::new();
+    let mut feed = r.store.changes.subscribe();
+    let forwarded = Request {
+        id: Some(11),
+        proposed_at_ms: T0,
+        ops: vec![op(put(KeyId::system("f"), "1", T0))],
+        also: vec![],
+    };
+    let leaders = Request {
+        id: Some(10),
+        proposed_at_ms: T0,
+        ops: vec![op(put(KeyId::system("own"), "1", T0))],
+        also: vec![forwarded.clone()],
+    };
+    let first = r.apply(vec![entry(1, 1, leaders)]).await.remove(0);
+    assert!(matches!(&first.outcomes[..], [Outcome::Put { created: true, .. }]));
+    assert_eq!(first.also.len(), 1);
+    assert!(
+        matches!(&first.also[0].outcomes[..], [Outcome::Put { created: true, record }] if record.revision == 1)
+    );
+    assert_eq!(r.ops_applied(), 2);
+    // Every op of the entry has its own position in the change feed.
+    let seen: Vec<(u64, u32)> = (0..2).map(|_| feed.try_recv().map(|c| (c.index, c.seq)).unwrap()).collect();
+    assert_eq!(seen, [(1, 0), (1, 1)]);
+
+    let alone = r.apply(vec![entry(1, 2, forwarded.clone())]).await.remove(0);
+    assert_eq!(alone.outcomes, first.also[0].outcomes, "the retry is answered from memory");
+    let nested = Request {
+        id: Some(12),
+        proposed_at_ms: T0 + 1,
+        ops: vec![],
+        also: vec![Request { id: Some(13), proposed_at_ms: T0 + 1, ops: vec![], also: vec![forwarded] }],
+    };
+    let again = r.apply(vec![entry(1, 3, nested)]).await.remove(0);
+    assert_eq!(again.also[0].also[0].outcomes, first.also[0].outcomes);
+    assert_eq!(r.ops_applied(), 2, "nothing was applied twice");
+    assert_eq!(r.get(&KeyId::system("f"), T0).map(|rec| rec.revision), Some(1));
 }
 
 /// Regression: ids used to be aged out after a batch's ops ran, so a retry arriving in the very
