@@ -132,6 +132,8 @@ pub fn open_with_cache(dir: &Path, durable: bool, cache_mb: u64) -> Result<Store
             snap: snap.clone(),
             snap_dir: snap_dir.clone(),
             cut: Default::default(),
+            adopting: Default::default(),
+            receiving: Vec::new(),
             changes,
         },
         view: StateView { sm, snap, snap_dir },
@@ -399,6 +401,10 @@ pub struct StateMachine {
     snap_dir: std::path::PathBuf,
     /// The cut of the snapshot being built, if one is.
     cut: CutSlot,
+    /// Held while a snapshot file becomes the current one (see [`SnapshotStore::adopt`]).
+    adopting: Arc<tokio::sync::Mutex<()>>,
+    /// Files handed out by `begin_receiving_snapshot`, removed once a snapshot is installed.
+    receiving: Vec<std::path::PathBuf>,
     changes: tokio::sync::broadcast::Sender<KeyChange>,
 }
 
@@ -767,18 +773,11 @@ impl StateMachine {
     }
 
     fn snapshot_store(&self) -> SnapshotStore {
-        SnapshotStore { disk: self.disk.clone(), snap: self.snap.clone(), snap_dir: self.snap_dir.clone() }
-    }
-}
-
-/// Delete every file in the snapshot directory but `keep`. Best effort: a leftover is removed at
-/// the next start.
-fn remove_snapshot_files_except(snap_dir: &Path, keep: &str) {
-    if let Ok(entries) = std::fs::read_dir(snap_dir) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy() != keep {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        SnapshotStore {
+            disk: self.disk.clone(),
+            snap: self.snap.clone(),
+            snap_dir: self.snap_dir.clone(),
+            adopting: self.adopting.clone(),
         }
     }
 }
@@ -886,6 +885,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .open(&path)
             .await
             .map_err(werr)?;
+        self.receiving.push(path);
         Ok(Box::new(file))
     }
 
@@ -952,7 +952,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| werr(&e))?;
         replaced.map_err(|e| werr(&e))?;
-        self.snapshot_store().adopt(meta, &name).await
+        self.snapshot_store().adopt(meta, &name).await?;
+        // The copy is ours now: the received files (this transfer's, and any abandoned one's) go.
+        for path in self.receiving.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
@@ -965,21 +970,43 @@ struct SnapshotStore {
     disk: Arc<Disk>,
     snap: sled::Tree,
     snap_dir: std::path::PathBuf,
+    adopting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SnapshotStore {
-    /// Make the snapshot file `name` (already durable in `snap_dir`) the current snapshot, then
-    /// delete every other file there.
-    async fn adopt(&self, meta: &SnapshotMeta<NodeId, Node>, name: &str) -> StorageResult<()> {
+    /// Make the snapshot file `name` (already durable in `snap_dir`) the current snapshot and
+    /// delete the file it replaces; other files are left alone, since a build and a transfer can
+    /// be under way at once (leftovers of either are removed at the next start). A snapshot older
+    /// than the current one (a build that finished after a newer snapshot was installed) is not
+    /// adopted: its file is deleted and `false` returned.
+    async fn adopt(&self, meta: &SnapshotMeta<NodeId, Node>, name: &str) -> StorageResult<bool> {
         let sig = Some(meta.signature());
+        let werr = |e: &dyn std::fmt::Display| {
+            StorageIOError::write_snapshot(sig.clone(), AnyError::error(e.to_string()))
+        };
+        let _one_at_a_time = self.adopting.lock().await;
+        let current: Option<SnapshotMeta<NodeId, Node>> = self
+            .snap
+            .get(SNAP_META)
+            .map_err(|e| werr(&e))?
+            .map(|m| decode(&m))
+            .transpose()
+            .map_err(|e| werr(&e))?;
+        if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
+            let _ = std::fs::remove_file(self.snap_dir.join(name));
+            return Ok(false);
+        }
+        let previous = self.snap.get(SNAP_FILE).map_err(|e| werr(&e))?;
         let mut b = sled::Batch::default();
         b.insert(SNAP_META, encode(meta));
         b.insert(SNAP_FILE, name.as_bytes());
         b.remove(SNAP_DATA);
-        self.snap.apply_batch(b).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        self.disk.sync().await.map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
-        remove_snapshot_files_except(&self.snap_dir, name);
-        Ok(())
+        self.snap.apply_batch(b).map_err(|e| werr(&e))?;
+        self.disk.sync().await.map_err(|e| werr(&e))?;
+        if let Some(previous) = previous.filter(|p| p.as_ref() != name.as_bytes()) {
+            let _ = std::fs::remove_file(self.snap_dir.join(String::from_utf8_lossy(&previous).as_ref()));
+        }
+        Ok(true)
     }
 }
 
@@ -1089,8 +1116,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             index = applied.map(|l| l.index),
             "snapshot built"
         );
-        self.machine.adopt(&meta, &name).await?;
+        // Opened before adopting: if a newer snapshot was installed meanwhile, this one's file is
+        // deleted, and openraft (which ignores a build older than its snapshot) gets it anyway.
         let data = tokio::fs::File::open(self.machine.snap_dir.join(&name)).await.map_err(|e| werr(&e))?;
+        if !self.machine.adopt(&meta, &name).await? {
+            tracing::info!(
+                index = applied.map(|l| l.index),
+                "a newer snapshot was installed meanwhile; this one is dropped"
+            );
+        }
         Ok(Snapshot { meta, snapshot: Box::new(data) })
     }
 }

@@ -686,6 +686,8 @@ async fn a_snapshot_holds_the_state_at_its_cut_while_applies_go_on() {
     let received = receive(&mut b, &bytes).await;
     b.store.state_machine.install_snapshot(&snap.meta, received).await.expect("install");
     assert_eq!(b.state_hash(), at_cut.0, "the snapshot is the state at the cut");
+    let files: Vec<_> = std::fs::read_dir(b.dir.path().join("snapshots")).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "only the installed snapshot's file is kept: {files:?}");
     assert_eq!(b.list(Scope::System, "", "", T0), at_cut.1);
     assert_eq!(b.value(&KeyId::user("alice", "mine"), T0).as_deref(), Some("a0"));
 
@@ -697,6 +699,19 @@ async fn a_snapshot_holds_the_state_at_its_cut_while_applies_go_on() {
     let received = receive(&mut c, &read_all(again.snapshot).await).await;
     c.store.state_machine.install_snapshot(&again.meta, received).await.expect("install");
     assert_eq!(c.state_hash(), a.state_hash());
+    let files: Vec<_> = std::fs::read_dir(a.dir.path().join("snapshots")).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "a new snapshot replaces the previous file: {files:?}");
+
+    // A build that finishes after a newer snapshot was installed does not replace it.
+    let mut stale = b.store.state_machine.get_snapshot_builder().await;
+    let newer = a.store.state_machine.get_current_snapshot().await.unwrap().expect("a's snapshot");
+    let received = receive(&mut b, &read_all(newer.snapshot).await).await;
+    b.store.state_machine.install_snapshot(&newer.meta, received).await.expect("install");
+    let late = stale.build_snapshot().await.expect("the late build still answers");
+    assert!(late.meta.last_log_id < newer.meta.last_log_id);
+    let current = b.store.state_machine.get_current_snapshot().await.unwrap().expect("current snapshot");
+    assert_eq!(current.meta, newer.meta, "the older build did not replace the installed snapshot");
+    assert_eq!(b.state_hash(), a.state_hash());
 }
 
 // ---------------------------------------------------------------------------------------------
