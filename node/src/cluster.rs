@@ -439,6 +439,43 @@ pub async fn ttl_sweeper(cluster: Arc<Cluster>, every: Duration) {
     }
 }
 
+/// Build a snapshot (and so let openraft purge the log behind it) once `every` entries were
+/// applied since the last one *and* the state has changed enough to be worth copying again
+/// ([`StateView::snapshot_due`]). Every node decides for itself, as openraft's own policy would.
+pub async fn snapshot_trigger(cluster: Arc<Cluster>, every: u64, check: Duration) {
+    let mut tick = tokio::time::interval(check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (applied, snapshot) = {
+            let m = cluster.raft.metrics();
+            let m = m.borrow();
+            (m.last_applied.map(|l| l.index).unwrap_or(0), m.snapshot.map(|l| l.index).unwrap_or(0))
+        };
+        if applied.saturating_sub(snapshot) < every.max(1) {
+            continue;
+        }
+        match cluster.view.snapshot_due() {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the snapshot's weight failed");
+                continue;
+            }
+        }
+        if let Err(e) = cluster.raft.trigger().snapshot().await {
+            tracing::warn!(error = %e, "could not trigger a snapshot");
+            continue;
+        }
+        // openraft ignores a trigger while a build runs; wait for this one before looking again.
+        let _ = cluster
+            .raft
+            .wait(Some(Duration::from_secs(600)))
+            .metrics(|m| m.snapshot.map(|l| l.index).unwrap_or(0) > snapshot, "snapshot built")
+            .await;
+    }
+}
+
 /// Watch the free space of the data dir's file system, for [`Cluster::propose`]'s reserve check.
 pub async fn disk_watch(cluster: Arc<Cluster>, dir: std::path::PathBuf, min_free_mb: u64) {
     use std::sync::atomic::Ordering::Relaxed;

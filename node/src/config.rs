@@ -98,7 +98,8 @@ pub struct Config {
     #[arg(long, env = "ST2KV_ELECTION_TIMEOUT_MS", default_value_t = 500)]
     pub election_timeout_ms: u64,
 
-    /// Take a snapshot after this many log entries, then purge the log behind it.
+    /// Take a snapshot after at least this many log entries (and once the ops applied since the
+    /// last snapshot reach half the pairs it held), then purge the log behind it.
     #[arg(long, env = "ST2KV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
 

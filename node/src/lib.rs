@@ -610,6 +610,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         [tokio::spawn(engine::feed(app.clone(), key_changes)), tokio::spawn(engine::run(app.clone()))];
     let sweeper =
         tokio::spawn(cluster::ttl_sweeper(cluster.clone(), Duration::from_millis(config.ttl_sweep_ms)));
+    let snapshots = tokio::spawn(cluster::snapshot_trigger(
+        cluster.clone(),
+        config.snapshot_every,
+        Duration::from_millis(200),
+    ));
     let disk_watch =
         tokio::spawn(cluster::disk_watch(cluster.clone(), config.data_dir.clone(), config.min_free_mb));
     tracing::info!(
@@ -632,6 +637,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         }
     }
     sweeper.abort();
+    snapshots.abort();
     disk_watch.abort();
     for t in engine_tasks {
         t.abort();

@@ -71,7 +71,9 @@ pub struct RaftTuning {
     /// Default 500-1000 ms; failover then takes about 1-2 s.
     pub election_min_ms: u64,
     pub election_max_ms: u64,
-    /// Build a snapshot after this many entries since the last one. Default 10 000.
+    /// At least this many entries between snapshots. Default 10 000. openraft's own policy is
+    /// off: the node triggers snapshots itself, also weighing the state's size
+    /// ([`store::StateView::snapshot_due`]).
     pub snapshot_every: u64,
     /// Entries kept in the log behind a snapshot, so briefly lagging followers catch up from the
     /// log rather than a whole snapshot (pitfall P11). Default 5 000.
@@ -100,7 +102,7 @@ impl RaftTuning {
             install_snapshot_timeout: 10_000,
             snapshot_max_chunk_size: 3 << 20,
             max_payload_entries: 1000,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
             replication_lag_threshold: self.snapshot_every.saturating_mul(2).max(1000),
             ..Default::default()

@@ -466,6 +466,9 @@ const CHANGE_BUFFER: usize = 16_384;
 const SNAP_META: &[u8] = b"meta";
 /// The file in the snapshot directory that holds the current snapshot's data.
 const SNAP_FILE: &[u8] = b"file";
+/// `(pairs, ops applied at the cut)` of the current snapshot: what the next one will cost, and
+/// how much has changed since (see [`StateView::snapshot_due`]).
+const SNAP_WEIGHT: &[u8] = b"weight";
 /// Where versions before file-backed snapshots kept the data (moved out at open).
 const SNAP_DATA: &[u8] = b"data";
 
@@ -858,7 +861,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.sm.get(META_APPLIED)?.map(|v| decode(&v)).transpose()?;
             let membership: StoredMembership<NodeId, Node> =
                 self.sm.get(META_MEMBERSHIP)?.map(|v| decode(&v)).transpose()?.unwrap_or_default();
-            Ok((applied, membership))
+            let ops: u64 = self.sm.get(META_OPS)?.map(|v| decode(&v)).transpose()?.unwrap_or(0);
+            Ok((applied, membership, ops))
         })();
         let mut slot = self.cut.lock();
         if let Some(old) = slot.as_ref() {
@@ -908,7 +912,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let last = meta.last_log_id;
         let membership = meta.last_membership.clone();
         let cut = self.cut.clone();
-        let replaced = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        let replaced = tokio::task::spawn_blocking(move || -> Result<(u64, u64), StoreError> {
             use std::io::{Seek, SeekFrom};
             source.seek(SeekFrom::Start(0))?;
             let tmp = path.with_extension("tmp");
@@ -925,8 +929,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 touched.push(k.to_vec());
                 b.remove(k);
             }
+            let (mut pairs, mut ops) = (0u64, 0u64);
             for pair in crate::codec::PairReader::new(reader)? {
                 let (k, v) = pair?;
+                if k == META_OPS {
+                    ops = decode(&v)?;
+                }
+                pairs += 1;
                 touched.push(k.clone());
                 b.insert(k, v);
             }
@@ -947,12 +956,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             sm.apply_batch(b)?;
-            Ok(())
+            Ok((pairs, ops))
         })
         .await
         .map_err(|e| werr(&e))?;
-        replaced.map_err(|e| werr(&e))?;
-        self.snapshot_store().adopt(meta, &name).await?;
+        let weight = replaced.map_err(|e| werr(&e))?;
+        self.snapshot_store().adopt(meta, &name, weight).await?;
         // The copy is ours now: the received files (this transfer's, and any abandoned one's) go.
         for path in self.receiving.drain(..) {
             let _ = std::fs::remove_file(path);
@@ -979,7 +988,12 @@ impl SnapshotStore {
     /// be under way at once (leftovers of either are removed at the next start). A snapshot older
     /// than the current one (a build that finished after a newer snapshot was installed) is not
     /// adopted: its file is deleted and `false` returned.
-    async fn adopt(&self, meta: &SnapshotMeta<NodeId, Node>, name: &str) -> StorageResult<bool> {
+    async fn adopt(
+        &self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        name: &str,
+        weight: (u64, u64),
+    ) -> StorageResult<bool> {
         let sig = Some(meta.signature());
         let werr = |e: &dyn std::fmt::Display| {
             StorageIOError::write_snapshot(sig.clone(), AnyError::error(e.to_string()))
@@ -1000,6 +1014,7 @@ impl SnapshotStore {
         let mut b = sled::Batch::default();
         b.insert(SNAP_META, encode(meta));
         b.insert(SNAP_FILE, name.as_bytes());
+        b.insert(SNAP_WEIGHT, encode(&weight));
         b.remove(SNAP_DATA);
         self.snap.apply_batch(b).map_err(|e| werr(&e))?;
         self.disk.sync().await.map_err(|e| werr(&e))?;
@@ -1010,7 +1025,8 @@ impl SnapshotStore {
     }
 }
 
-type SnapshotHead = (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>);
+/// Last applied, membership and the count of applied ops, at the cut.
+type SnapshotHead = (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>, u64);
 
 pub struct SnapshotBuilder {
     /// Last applied and membership at the cut.
@@ -1074,7 +1090,7 @@ fn write_cut(sm: &sled::Tree, cut: &CutSlot, generation: u64, path: &Path) -> Re
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let head = std::mem::replace(&mut self.head, Err("taken".into()));
-        let (applied, membership) = match head {
+        let (applied, membership, ops_at_cut) = match head {
             Ok(h) => h,
             Err(e) => {
                 self.cut.clear(self.generation);
@@ -1119,7 +1135,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // Opened before adopting: if a newer snapshot was installed meanwhile, this one's file is
         // deleted, and openraft (which ignores a build older than its snapshot) gets it anyway.
         let data = tokio::fs::File::open(self.machine.snap_dir.join(&name)).await.map_err(|e| werr(&e))?;
-        if !self.machine.adopt(&meta, &name).await? {
+        if !self.machine.adopt(&meta, &name, (written, ops_at_cut)).await? {
             tracing::info!(
                 index = applied.map(|l| l.index),
                 "a newer snapshot was installed meanwhile; this one is dropped"
@@ -1308,6 +1324,17 @@ impl StateView {
         let (index, term) = meta.last_log_id.map(|l| (l.index, l.leader_id.term)).unwrap_or((0, 0));
         let data = std::fs::read(self.snap_dir.join(String::from_utf8_lossy(&f).as_ref()))?;
         Ok(Some((index, term, data)))
+    }
+
+    /// Whether a new snapshot is worth its cost: every snapshot writes the whole state, so one is
+    /// due only once at least half as many ops have been applied since the last one as that
+    /// snapshot held pairs (besides openraft's entry count, which the caller checks). Over a
+    /// growing key space this keeps the snapshot work proportional to the writes, instead of a
+    /// full copy of a million keys every few thousand entries. Due when there is no snapshot.
+    pub fn snapshot_due(&self) -> Result<bool, StoreError> {
+        let Some(w) = self.snap.get(SNAP_WEIGHT)? else { return Ok(true) };
+        let (pairs, ops_at_cut): (u64, u64) = decode(&w)?;
+        Ok(self.ops_applied()?.saturating_sub(ops_at_cut).saturating_mul(2) >= pairs)
     }
 
     /// Number of stored keys, expired-but-unpurged included.

@@ -714,6 +714,24 @@ async fn a_snapshot_holds_the_state_at_its_cut_while_applies_go_on() {
     assert_eq!(b.state_hash(), a.state_hash());
 }
 
+/// A snapshot copies the whole state, so a new one is due only once the ops applied since the
+/// last are at least half the pairs it held (the entry count is the caller's other condition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_due_only_once_enough_has_changed_since_the_last() {
+    let mut r = Replica::new();
+    assert!(r.store.view.snapshot_due().unwrap(), "due when there is none yet");
+    let puts = |from: usize, n: usize| -> Vec<Op> {
+        (from..from + n).map(|i| op(put(KeyId::system(format!("k{i:04}")), "v", T0))).collect()
+    };
+    r.propose(T0, puts(0, 200)).await;
+    r.store.state_machine.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    assert!(!r.store.view.snapshot_due().unwrap(), "nothing changed since");
+    r.propose(T0, puts(0, 80)).await;
+    assert!(!r.store.view.snapshot_due().unwrap(), "80 ops against a 200-key snapshot");
+    r.propose(T0, puts(80, 30)).await;
+    assert!(r.store.view.snapshot_due().unwrap(), "110 ops against a 200-key snapshot");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Pagination
 
