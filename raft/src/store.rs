@@ -435,28 +435,35 @@ impl CutSlot {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// While a snapshot is being built, record the current value in `sm` of each of `keys` not
+    /// recorded yet. Called with the keys of a batch just before the batch is written to `sm`.
+    fn preserve<K: AsRef<[u8]>>(
+        &self,
+        sm: &sled::Tree,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<(), StoreError> {
+        let mut slot = self.lock();
+        let Some(cut) = slot.as_mut() else { return Ok(()) };
+        for k in keys {
+            let k = k.as_ref();
+            if !cut.pre.contains_key(k) {
+                let value = sm.get(k)?;
+                cut.pre.insert(k.to_vec(), PreImage { value, met: false });
+            }
+        }
+        Ok(())
+    }
+
+    fn active(&self) -> bool {
+        self.lock().is_some()
+    }
+
     /// Drop the cut of build `generation`, if it is still the current one.
     fn clear(&self, generation: u64) {
         let mut slot = self.lock();
         if slot.as_ref().is_some_and(|c| c.generation == generation) {
             *slot = None;
         }
-    }
-}
-
-impl StateMachine {
-    /// Record the current value of each of `keys` not yet recorded, while a snapshot is being
-    /// built. Called with the keys of a batch just before the batch is written.
-    fn preserve<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Result<(), StoreError> {
-        let mut slot = self.cut.lock();
-        let Some(cut) = slot.as_mut() else { return Ok(()) };
-        for k in keys {
-            if !cut.pre.contains_key(k) {
-                let value = self.sm.get(k)?;
-                cut.pre.insert(k.to_vec(), PreImage { value, met: false });
-            }
-        }
-        Ok(())
     }
 }
 
@@ -841,7 +848,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ov.put(META_APPLIED.to_vec(), encode(&last));
         }
         let changes = std::mem::take(&mut ov.changes);
-        self.preserve(ov.writes.keys().map(|k| k.as_slice())).map_err(werr)?;
+        self.cut.preserve(&self.sm, ov.writes.keys()).map_err(werr)?;
         self.sm.apply_batch(ov.into_batch()).map_err(|e| werr(e.into()))?;
         for c in changes {
             // No subscriber is not an error: the feed is best-effort and in memory only.
@@ -923,10 +930,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             sync_dir(&path)?;
             let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
             let mut b = sled::Batch::default();
+            // Only a build of our own in progress needs the keys (it must still see the state at
+            // its cut); no build can start during an install, both run in the state-machine worker.
+            let building = cut.active();
             let mut touched: Vec<Vec<u8>> = Vec::new();
             for item in sm.iter().keys() {
                 let k = item?;
-                touched.push(k.to_vec());
+                if building {
+                    touched.push(k.to_vec());
+                }
                 b.remove(k);
             }
             let (mut pairs, mut ops) = (0u64, 0u64);
@@ -936,25 +948,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ops = decode(&v)?;
                 }
                 pairs += 1;
-                touched.push(k.clone());
+                if building {
+                    touched.push(k.clone());
+                }
                 b.insert(k, v);
             }
             if let Some(last) = last {
                 b.insert(META_APPLIED, encode(&last));
             }
             b.insert(META_MEMBERSHIP, encode(&membership));
-            {
-                // A build of our own in progress must still see the state at its cut.
-                let mut slot = cut.lock();
-                if let Some(c) = slot.as_mut() {
-                    for k in touched {
-                        if let std::collections::hash_map::Entry::Vacant(e) = c.pre.entry(k) {
-                            let value = sm.get(e.key())?;
-                            e.insert(PreImage { value, met: false });
-                        }
-                    }
-                }
-            }
+            cut.preserve(&sm, touched)?;
             sm.apply_batch(b)?;
             Ok((pairs, ops))
         })
@@ -1029,7 +1032,6 @@ impl SnapshotStore {
 type SnapshotHead = (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>, u64);
 
 pub struct SnapshotBuilder {
-    /// Last applied and membership at the cut.
     head: Result<SnapshotHead, String>,
     generation: u64,
     sm: sled::Tree,
