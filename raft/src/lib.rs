@@ -10,10 +10,10 @@
 //! How the parts map onto openraft 0.9 (storage-v2):
 //! - [`TypeConfig`]: `D = Request`, `R = Response`, `NodeId = u64`, `Node = Node { rpc_addr,
 //!   api_addr }`, snapshots are in-memory byte buffers.
-//! - [`store::LogStore`] implements `RaftLogStorage`: entries in the `raft_log` tree keyed by
-//!   big-endian index, vote / committed / last-purged in `raft_meta`. Appends, truncations,
-//!   purges and votes are durable (flush + fdatasync) before they are acknowledged; appends are
-//!   made durable by one ordered sync task, many per sync, while openraft goes on.
+//! - [`store::LogStore`] implements `RaftLogStorage`: entries in append-only segment files
+//!   ([`wal`]), vote / committed / last-purged in sled's `raft_meta` tree. Appends, truncations,
+//!   purges and votes are durable (fdatasync) before they are acknowledged; appends are made
+//!   durable by one ordered sync thread, many per `fdatasync`.
 //! - [`store::StateMachine`] implements `RaftStateMachine`: one atomic sled batch per apply
 //!   call, holding the data, the expiry index, remembered request ids and the last-applied log
 //!   id together. `apply` is a pure function of (state, entries): it never reads the clock, the
@@ -40,6 +40,7 @@ pub mod layout;
 pub mod network;
 pub mod store;
 pub mod types;
+pub mod wal;
 
 pub use types::{
     AuxRecord, Command, Cond, Guard, KeyChange, KeyId, Node, Op, Outcome, Record, Request, Response, Scope,

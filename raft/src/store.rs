@@ -1,15 +1,16 @@
-//! The sled-backed Raft log store and state machine (openraft storage-v2), plus [`StateView`],
-//! the read-only handle the node serves reads from.
+//! The Raft log store and the sled state machine (openraft storage-v2), plus [`StateView`], the
+//! read-only handle the node serves reads from.
 //!
-//! One `sled::Db` per node holds four trees: `raft_log` (entries by big-endian index),
-//! `raft_meta` (vote, committed, last purged), `sm` (the state machine, see [`crate::layout`]) and
-//! `snapshot` (the last built or received snapshot). Because a sled flush persists the whole Db,
-//! one flush covers everything written before it.
+//! The log's entries are in append-only files under `<data-dir>/wal` ([`crate::wal`]). One
+//! `sled::Db` per node holds three trees: `raft_meta` (vote, committed, last purged), `sm` (the
+//! state machine, see [`crate::layout`]) and `snapshot` (the last built or received snapshot).
+//! Because a sled flush persists the whole Db, one flush covers everything written to it before.
 //!
 //! Durability rules (see ../shared/openraft-notes.md §2):
-//! - `append`, `truncate`, `purge` and `save_vote` return only after [`Disk::sync`], which is
-//!   sled's flush (`sync_file_range`) plus, in durable mode, `fdatasync` of sled's log file, so
-//!   an acknowledged write survives power loss, not just a process crash.
+//! - `append` and `truncate` complete only after an `fdatasync` of the log files; `save_vote`
+//!   and `purge` (which write sled) also after [`Disk::sync`], sled's flush plus, in durable
+//!   mode, `fdatasync` of sled's file. So an acknowledged write survives power loss, not just a
+//!   process crash. All of them go through one sync thread, in order.
 //! - `apply` does **not** sync. The log is already durable, and openraft re-applies
 //!   `(last_applied, committed]` after a restart, so an apply lost in a crash is redone. The one
 //!   case where the log cannot redo it is after a purge, and `purge` syncs (the whole Db, so the
@@ -35,6 +36,7 @@ use openraft::{
 use crate::codec::{decode, encode};
 use crate::layout::{self, *};
 use crate::types::*;
+use crate::wal::Wal;
 use crate::{NodeId, TypeConfig};
 
 /// How long the state machine remembers a request id, measured on the proposers' clocks.
@@ -62,19 +64,19 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Flush every tree, then (durable mode) `fdatasync` the log file. Runs on the blocking pool.
-    pub async fn sync(&self) -> std::io::Result<()> {
-        let db = self.db.clone();
-        let file = self.log_file.clone();
-        tokio::task::spawn_blocking(move || {
-            db.flush().map_err(std::io::Error::other)?;
-            if let Some(f) = file {
-                f.sync_data()?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(std::io::Error::other)?
+    /// Flush every tree, then (durable mode) `fdatasync` sled's file. Runs on the blocking pool.
+    pub async fn sync(self: &Arc<Self>) -> std::io::Result<()> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.sync_blocking()).await.map_err(std::io::Error::other)?
+    }
+
+    /// [`Disk::sync`] on the calling thread.
+    pub fn sync_blocking(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        if let Some(f) = &self.log_file {
+            f.sync_data()?;
+        }
+        Ok(())
     }
 }
 
@@ -88,6 +90,40 @@ pub struct Store {
     /// Every key change this node applies, in apply order (see [`KeyChange`]). In memory only:
     /// a subscriber that falls more than a buffer behind, or a restart, loses changes.
     pub changes: tokio::sync::broadcast::Sender<KeyChange>,
+}
+
+/// Open the log files under `dir/wal`, first moving into them a log that an earlier version kept
+/// in sled's `raft_log` tree (the tree is emptied only once the files are durable; if that was
+/// interrupted, the move starts over).
+fn open_wal(dir: &Path, db: &sled::Db, meta: &sled::Tree, durable: bool) -> Result<Wal, StoreError> {
+    let purged: Option<LogId<NodeId>> =
+        read_meta(meta, LAST_PURGED).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+    let wal_dir = dir.join("wal");
+    let old = db.open_tree("raft_log")?;
+    if !old.is_empty() {
+        if wal_dir.exists() {
+            std::fs::remove_dir_all(&wal_dir)?;
+        }
+        let wal = Wal::open(&wal_dir, purged.map(|l| l.index), durable)?;
+        let mut chunk = Vec::new();
+        for item in old.iter() {
+            let (_, v) = item?;
+            let entry: Entry<TypeConfig> = decode(&v)?;
+            if purged.is_none() || purged.is_some_and(|p| entry.log_id.index > p.index) {
+                chunk.push(entry);
+            }
+            if chunk.len() >= 1024 {
+                wal.append(&chunk)?;
+                chunk.clear();
+            }
+        }
+        wal.append(&chunk)?;
+        wal.sync()?;
+        db.drop_tree("raft_log")?;
+        db.flush()?;
+        tracing::info!("moved the raft log from sled into {}", wal_dir.display());
+    }
+    Ok(Wal::open(&wal_dir, purged.map(|l| l.index), durable)?)
 }
 
 /// sled's page cache unless the caller says otherwise (sled's own default is 1 GiB).
@@ -116,16 +152,13 @@ pub fn open_with_cache(dir: &Path, durable: bool, cache_mb: u64) -> Result<Store
     let snap = db.open_tree("snapshot")?;
     let snap_dir = dir.join("snapshots");
     tidy_snapshots(&snap_dir, &snap, &db)?;
+    let meta = db.open_tree("raft_meta")?;
+    let wal = open_wal(dir, &db, &meta, durable)?;
     let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
     Ok(Store {
         changes: changes.clone(),
         disk: disk.clone(),
-        log: LogStore {
-            disk: disk.clone(),
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
-            syncer: Default::default(),
-        },
+        log: LogStore { disk: disk.clone(), wal: Arc::new(wal), meta, syncer: Default::default() },
         state_machine: StateMachine {
             disk,
             sm: sm.clone(),
@@ -195,33 +228,36 @@ fn io_write<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
 #[derive(Clone)]
 pub struct LogStore {
     disk: Arc<Disk>,
-    log: sled::Tree,
+    wal: Arc<Wal>,
     meta: sled::Tree,
-    /// The queue of the task that makes log writes durable; started on first use (so the store
-    /// can be opened outside a runtime).
-    syncer: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<SyncRequest>>>,
+    /// The queue of the thread that makes log writes durable; started on first use.
+    syncer: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<SyncRequest>>>,
 }
 
 /// Something waiting for everything written before it to be durable.
 enum SyncRequest {
     /// An append: tell openraft once its entries are on disk.
     Append(LogFlushed<TypeConfig>),
-    /// A truncation, purge or vote waiting for its own sync.
-    Wait(tokio::sync::oneshot::Sender<std::io::Result<()>>),
+    /// A truncation, purge or vote waiting for its own sync; `sled` when what it wrote is in sled
+    /// (the vote, the purge point) rather than in the log files.
+    Wait { sled: bool, tx: tokio::sync::oneshot::Sender<std::io::Result<()>> },
 }
 
-/// Storage-level group commit. Requests are served strictly in arrival order; all the requests
+/// Group commit on a thread of its own. Requests are served strictly in arrival order; all those
 /// waiting when a sync starts share it (a sync covers every write made before it began), and
-/// requests that arrive during a sync wait for the next one. So `append` returns as soon as its
-/// entries are readable, openraft goes on (replicating them, accepting more) while the disk
-/// works, and one fsync serves many appends.
-async fn sync_loop(disk: Arc<Disk>, mut rx: tokio::sync::mpsc::UnboundedReceiver<SyncRequest>) {
-    while let Some(first) = rx.recv().await {
+/// those arriving during a sync wait for the next one. `append` returns once its entries are
+/// written; openraft 0.9 then waits for the callback, which this thread fires right after the
+/// `fdatasync`, with no task or thread-pool hop in between.
+fn sync_thread(wal: Arc<Wal>, disk: Arc<Disk>, rx: std::sync::mpsc::Receiver<SyncRequest>) {
+    while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         while let Ok(r) = rx.try_recv() {
             waiting.push(r);
         }
-        let result = disk.sync().await;
+        let mut result = wal.sync();
+        if result.is_ok() && waiting.iter().any(|r| matches!(r, SyncRequest::Wait { sled: true, .. })) {
+            result = disk.sync_blocking();
+        }
         for r in waiting {
             let r2 = match &result {
                 Ok(()) => Ok(()),
@@ -229,7 +265,7 @@ async fn sync_loop(disk: Arc<Disk>, mut rx: tokio::sync::mpsc::UnboundedReceiver
             };
             match r {
                 SyncRequest::Append(cb) => cb.log_io_completed(r2),
-                SyncRequest::Wait(tx) => {
+                SyncRequest::Wait { tx, .. } => {
                     let _ = tx.send(r2);
                 }
             }
@@ -241,37 +277,46 @@ const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 
-fn idx(i: u64) -> [u8; 8] {
-    i.to_be_bytes()
+fn read_meta<T: serde::de::DeserializeOwned>(meta: &sled::Tree, key: &[u8]) -> StorageResult<Option<T>> {
+    match meta.get(key).map_err(io_read)? {
+        Some(v) => Ok(Some(decode(&v).map_err(io_read)?)),
+        None => Ok(None),
+    }
 }
 
 impl LogStore {
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
-        match self.meta.get(key).map_err(io_read)? {
-            Some(v) => Ok(Some(decode(&v).map_err(io_read)?)),
-            None => Ok(None),
-        }
+        read_meta(&self.meta, key)
     }
 
-    fn syncer(&self) -> &tokio::sync::mpsc::UnboundedSender<SyncRequest> {
+    /// Whether the log holds no entry (a store fit to be seeded from a backup).
+    pub fn is_empty(&self) -> bool {
+        self.wal.is_empty()
+    }
+
+    fn syncer(&self) -> &std::sync::mpsc::Sender<SyncRequest> {
         self.syncer.get_or_init(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(sync_loop(self.disk.clone(), rx));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (wal, disk) = (self.wal.clone(), self.disk.clone());
+            std::thread::Builder::new()
+                .name("st2kv-log-sync".into())
+                .spawn(move || sync_thread(wal, disk, rx))
+                .expect("spawn the log sync thread");
             tx
         })
     }
 
     /// Wait until everything written so far is durable, after every append queued before.
-    async fn sync_in_order(&self) -> std::io::Result<()> {
+    async fn sync_in_order(&self, sled: bool) -> std::io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.syncer().send(SyncRequest::Wait(tx)).is_err() {
-            return self.disk.sync().await;
+        if self.syncer().send(SyncRequest::Wait { sled, tx }).is_err() {
+            return Err(std::io::Error::other("the log sync thread stopped"));
         }
-        rx.await.map_err(|_| std::io::Error::other("the log syncer stopped"))?
+        rx.await.map_err(|_| std::io::Error::other("the log sync thread stopped"))?
     }
 
-    async fn sync_logs(&self) -> StorageResult<()> {
-        self.sync_in_order().await.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+    async fn sync_logs(&self, sled: bool) -> StorageResult<()> {
+        self.sync_in_order(sled).await.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
     }
 }
 
@@ -280,22 +325,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        let lo = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(idx(*i)),
-            Bound::Excluded(i) => Bound::Excluded(idx(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
         };
-        let hi = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(idx(*i)),
-            Bound::Excluded(i) => Bound::Excluded(idx(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
         };
-        let mut out = Vec::new();
-        for item in self.log.range::<[u8; 8], _>((lo, hi)) {
-            let (_, v) = item.map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
-            out.push(decode(&v).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?);
-        }
-        Ok(out)
+        self.wal.read(start, end).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
     }
 }
 
@@ -304,10 +344,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED)?;
-        let last = match self.log.last().map_err(io_read)? {
-            Some((_, v)) => Some(decode::<Entry<TypeConfig>>(&v).map_err(io_read)?.log_id),
-            None => None,
-        };
+        let last = self.wal.bounds().map(|(_, last)| last);
         Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
     }
 
@@ -317,7 +354,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         self.meta.insert(VOTE, encode(vote)).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
-        self.sync_in_order().await.map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
+        self.sync_in_order(true).await.map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
         Ok(())
     }
 
@@ -340,53 +377,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&idx(entry.log_id.index), encode(&entry));
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        // The entries are readable once written; they are durable after the sync, and only then
+        // may openraft count this node's copy towards a quorum.
+        if let Err(e) = self.wal.append(&entries) {
+            callback.log_io_completed(Err(std::io::Error::new(e.kind(), e.to_string())));
+            return Err(StorageIOError::write_logs(AnyError::new(&e)).into());
         }
-        // The entries are readable once apply_batch returns; they are durable after the sync,
-        // and only then may openraft count this node's copy towards a quorum.
-        if let Err(e) = self.log.apply_batch(batch) {
-            let err = std::io::Error::other(e.to_string());
-            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-            return Err(StorageIOError::write_logs(AnyError::new(&err)).into());
-        }
-        // Durable later, in order, possibly with other appends (see `sync_loop`).
-        if let Err(tokio::sync::mpsc::error::SendError(SyncRequest::Append(callback))) =
+        // Durable later, in order, possibly with other appends (see `sync_thread`).
+        if let Err(std::sync::mpsc::SendError(SyncRequest::Append(callback))) =
             self.syncer().send(SyncRequest::Append(callback))
         {
-            let r = self.disk.sync().await;
-            let failed = r.as_ref().err().map(AnyError::new);
-            callback.log_io_completed(r);
-            if let Some(any) = failed {
-                return Err(StorageIOError::write_logs(any).into());
-            }
+            let e = std::io::Error::other("the log sync thread stopped");
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(StorageIOError::write_logs(AnyError::new(&e)).into());
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(idx(log_id.index)..) {
-            let (k, _) = item.map_err(io_read)?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(io_write)?;
-        self.sync_logs().await
+        self.wal.truncate(log_id.index).map_err(io_write)?;
+        self.sync_logs(false).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         // Persist the purge point first (and, through the shared Db, the state machine up to
         // what is applied): a crash after this leaves extra entries, never a hole.
         self.meta.insert(LAST_PURGED, encode(&log_id)).map_err(io_write)?;
-        self.sync_logs().await?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=idx(log_id.index)) {
-            let (k, _) = item.map_err(io_read)?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(io_write)?;
-        Ok(())
+        self.sync_logs(true).await?;
+        self.wal.purge(log_id.index).map_err(io_write)
     }
 }
 
@@ -1162,9 +1181,8 @@ pub fn seed_store(store: &Store, dir: &Path, data: &[u8]) -> Result<usize, Store
     let pairs: SnapshotPairs = decode(data)?;
     let db = &store.disk.db;
     let sm = db.open_tree("sm")?;
-    let log = db.open_tree("raft_log")?;
     let meta = db.open_tree("raft_meta")?;
-    if !sm.is_empty() || !log.is_empty() || !meta.is_empty() {
+    if !sm.is_empty() || !store.log.is_empty() || !meta.is_empty() {
         return Err(StoreError::Io(std::io::Error::other(format!(
             "{} already holds data; restore only into an empty data dir",
             dir.display()

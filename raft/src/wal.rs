@@ -1,0 +1,428 @@
+//! The Raft log as append-only segment files: a write-ahead log made for exactly one job.
+//!
+//! The log used to live in a sled tree next to the state machine, and every append paid for sled
+//! on the way to the disk: its page cache, an IO-buffer handed to a worker thread, a
+//! `sync_file_range`, and then our `fdatasync` of sled's whole file. Here an append is one
+//! `pwrite` of the encoded entries at the end of the current segment, and making it durable is one
+//! `fdatasync` of that file. The state machine stays in sled; it is never synced per write (see
+//! [`crate::store`]).
+//!
+//! **Layout.** `<data-dir>/wal/<first index, 20 digits>.wal`, each segment about
+//! [`SEGMENT_BYTES`]; a new one starts when the current one is full. A record is a 16-byte header
+//! (entry index `u64` LE, payload length `u32` LE, CRC-32 of index and payload `u32` LE) followed
+//! by the bincode `Entry`.
+//!
+//! **Recovery.** Opening scans every segment. A record cut short or failing its checksum at the
+//! end of the *last* segment is a write that never finished (and so was never acknowledged): the
+//! file is cut back to the last good record. The same anywhere else is corruption, and opening
+//! fails rather than serve a log with a hole. Entries at or below the purge point are skipped
+//! (segments are deleted only after that point is durable, so a crash can leave some behind).
+//!
+//! **What it does not do.** It does not sync by itself ([`Wal::sync`] is called by the store's
+//! sync thread, which batches appends into one `fdatasync`), keep entries in memory (reads are
+//! `pread`s, normally served by the OS page cache), or know anything about votes and the purge
+//! point: those stay in sled's `raft_meta` tree.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::{Entry, LogId};
+
+use crate::codec::{decode, encode};
+use crate::{NodeId, TypeConfig};
+
+/// A segment is closed once it holds this much; the next append starts a new file.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+const HEADER: usize = 16;
+
+/// Where one entry lives.
+#[derive(Clone, Copy)]
+struct Loc {
+    log_id: LogId<NodeId>,
+    /// The segment's first index (its key in `segments`).
+    seg: u64,
+    offset: u64,
+    /// Header included.
+    len: u32,
+}
+
+struct Segment {
+    file: Arc<File>,
+    path: PathBuf,
+    len: u64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    segments: BTreeMap<u64, Segment>,
+    /// One per entry, in index order, without gaps.
+    locs: VecDeque<Loc>,
+    /// Segments written since the last sync, and whether the directory changed.
+    dirty: BTreeMap<u64, Arc<File>>,
+    dir_dirty: bool,
+}
+
+/// The log of one node. Cheap to share: every method takes `&self`.
+pub struct Wal {
+    inner: Mutex<Inner>,
+    durable: bool,
+    segment_bytes: u64,
+}
+
+fn corrupt(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn checksum(index: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.wal")
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Wal {
+    /// Open (or create) the log under `dir`, recovering from a torn last write. Entries at or
+    /// below `purged` are dropped.
+    pub fn open(dir: &Path, purged: Option<u64>, durable: bool) -> io::Result<Wal> {
+        Wal::open_with_segment_size(dir, purged, durable, SEGMENT_BYTES)
+    }
+
+    /// [`Wal::open`] with segments closed at `segment_bytes` (tests use small ones).
+    pub fn open_with_segment_size(
+        dir: &Path,
+        purged: Option<u64>,
+        durable: bool,
+        segment_bytes: u64,
+    ) -> io::Result<Wal> {
+        std::fs::create_dir_all(dir)?;
+        let mut firsts = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name.strip_suffix(".wal").and_then(|n| n.parse::<u64>().ok()) {
+                firsts.push(n);
+            }
+        }
+        firsts.sort_unstable();
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            segments: BTreeMap::new(),
+            locs: VecDeque::new(),
+            dirty: BTreeMap::new(),
+            dir_dirty: false,
+        };
+        let count = firsts.len();
+        for (i, first) in firsts.into_iter().enumerate() {
+            let last_segment = i + 1 == count;
+            let path = dir.join(segment_name(first));
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let good = scan(&file, first, purged, &mut inner.locs)?;
+            let len = file.metadata()?.len();
+            if good < len {
+                if !last_segment {
+                    return Err(corrupt(format!(
+                        "{}: a damaged record at byte {good} before the last segment",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(path = %path.display(), at = good, "cutting off an unfinished write at the end of the raft log");
+                file.set_len(good)?;
+                if durable {
+                    file.sync_all()?;
+                }
+            }
+            if good == 0 && last_segment {
+                // Created just before a crash, never written: start afresh on the next append.
+                drop(file);
+                std::fs::remove_file(&path)?;
+                inner.dir_dirty = true;
+                continue;
+            }
+            inner.segments.insert(first, Segment { file: Arc::new(file), path, len: good });
+        }
+        // Segments wholly below the purge point are leftovers of an interrupted purge.
+        let keep_from = inner.locs.front().map(|l| l.seg);
+        let stale: Vec<u64> = inner
+            .segments
+            .keys()
+            .copied()
+            .filter(|s| keep_from.is_none() || keep_from.is_some_and(|k| *s < k))
+            .collect();
+        for s in stale {
+            if let Some(seg) = inner.segments.remove(&s) {
+                std::fs::remove_file(&seg.path)?;
+                inner.dir_dirty = true;
+            }
+        }
+        if inner.dir_dirty && durable {
+            sync_dir(dir)?;
+            inner.dir_dirty = false;
+        }
+        Ok(Wal { inner: Mutex::new(inner), durable, segment_bytes: segment_bytes.max(1) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The first and last entries' log ids, if the log holds any.
+    pub fn bounds(&self) -> Option<(LogId<NodeId>, LogId<NodeId>)> {
+        let g = self.lock();
+        Some((g.locs.front()?.log_id, g.locs.back()?.log_id))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().locs.is_empty()
+    }
+
+    /// How many segment files the log has open.
+    pub fn segment_count(&self) -> usize {
+        self.lock().segments.len()
+    }
+
+    /// Append `entries` (consecutive, continuing the log) with one write. Not yet durable: see
+    /// [`Wal::sync`].
+    pub fn append(&self, entries: &[Entry<TypeConfig>]) -> io::Result<()> {
+        let Some(head) = entries.first() else { return Ok(()) };
+        let mut g = self.lock();
+        let inner = &mut *g;
+        if let Some(last) = inner.locs.back() {
+            if head.log_id.index != last.log_id.index + 1 {
+                return Err(io::Error::other(format!(
+                    "append at index {} does not continue the log, which ends at {}",
+                    head.log_id.index, last.log_id.index
+                )));
+            }
+        }
+        let full = match inner.segments.last_key_value() {
+            Some((_, s)) => s.len >= self.segment_bytes,
+            None => true,
+        };
+        if full {
+            let path = inner.dir.join(segment_name(head.log_id.index));
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+            inner.segments.insert(head.log_id.index, Segment { file: Arc::new(file), path, len: 0 });
+            inner.dir_dirty = true;
+        }
+        let (&seg_first, seg) = inner.segments.last_key_value().expect("a segment exists");
+        let mut buf = Vec::new();
+        let mut locs = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            if i > 0 && entry.log_id.index != entries[i - 1].log_id.index + 1 {
+                return Err(io::Error::other("appended entries are not consecutive"));
+            }
+            let payload = encode(entry);
+            let start = buf.len();
+            buf.extend_from_slice(&entry.log_id.index.to_le_bytes());
+            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&checksum(entry.log_id.index, &payload).to_le_bytes());
+            buf.extend_from_slice(&payload);
+            locs.push(Loc {
+                log_id: entry.log_id,
+                seg: seg_first,
+                offset: seg.len + start as u64,
+                len: (buf.len() - start) as u32,
+            });
+        }
+        seg.file.write_all_at(&buf, seg.len)?;
+        let file = seg.file.clone();
+        if let Some(s) = inner.segments.get_mut(&seg_first) {
+            s.len += buf.len() as u64;
+        }
+        inner.dirty.insert(seg_first, file);
+        inner.locs.extend(locs);
+        Ok(())
+    }
+
+    /// Make everything written so far durable: `fdatasync` of the segments written since the
+    /// last sync, and of the directory when segments were created or deleted.
+    pub fn sync(&self) -> io::Result<()> {
+        let (files, dir) = {
+            let mut g = self.lock();
+            let files: Vec<Arc<File>> = std::mem::take(&mut g.dirty).into_values().collect();
+            let dir = std::mem::replace(&mut g.dir_dirty, false).then(|| g.dir.clone());
+            (files, dir)
+        };
+        if !self.durable {
+            return Ok(());
+        }
+        let result = (|| {
+            for f in &files {
+                f.sync_data()?;
+            }
+            if let Some(d) = &dir {
+                sync_dir(d)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            // Nothing may be assumed durable: the next sync covers every segment again.
+            let mut g = self.lock();
+            let inner = &mut *g;
+            inner.dir_dirty |= dir.is_some();
+            for (first, seg) in &inner.segments {
+                inner.dirty.insert(*first, seg.file.clone());
+            }
+        }
+        result
+    }
+
+    /// The entries with index in `[start, end)` that the log holds, in order.
+    pub fn read(&self, start: u64, end: u64) -> io::Result<Vec<Entry<TypeConfig>>> {
+        // Which byte ranges to read, per segment; the lock is not held while reading.
+        let runs: Vec<(Arc<File>, u64, Vec<Loc>)> = {
+            let g = self.lock();
+            let Some(front) = g.locs.front() else { return Ok(Vec::new()) };
+            let first = front.log_id.index;
+            let lo = start.max(first);
+            let hi = end.min(first + g.locs.len() as u64);
+            let mut runs: Vec<(Arc<File>, u64, Vec<Loc>)> = Vec::new();
+            for i in lo..hi {
+                let loc = g.locs[(i - first) as usize];
+                match runs.last_mut() {
+                    Some((_, seg, locs)) if *seg == loc.seg => locs.push(loc),
+                    _ => {
+                        let file =
+                            g.segments.get(&loc.seg).expect("every entry's segment is open").file.clone();
+                        runs.push((file, loc.seg, vec![loc]));
+                    }
+                }
+            }
+            runs
+        };
+        let mut out = Vec::with_capacity(runs.iter().map(|r| r.2.len()).sum());
+        for (file, _, locs) in runs {
+            let from = locs[0].offset;
+            let to = locs.last().map(|l| l.offset + l.len as u64).unwrap_or(from);
+            let mut buf = vec![0u8; (to - from) as usize];
+            file.read_exact_at(&mut buf, from)?;
+            for loc in locs {
+                let rec = &buf[(loc.offset - from) as usize..(loc.offset - from) as usize + loc.len as usize];
+                let payload = &rec[HEADER..];
+                let crc = u32::from_le_bytes(rec[12..16].try_into().expect("4 bytes"));
+                if crc != checksum(loc.log_id.index, payload) {
+                    return Err(corrupt(format!("raft log entry {} fails its checksum", loc.log_id.index)));
+                }
+                out.push(decode(payload).map_err(|e| corrupt(e.to_string()))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete the entries from `since` on: later segments go, the one holding `since` is cut.
+    /// Not yet durable: see [`Wal::sync`].
+    pub fn truncate(&self, since: u64) -> io::Result<()> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let Some(front) = inner.locs.front() else { return Ok(()) };
+        let first = front.log_id.index;
+        if since < first {
+            // Everything goes.
+            inner.locs.clear();
+        } else if since - first >= inner.locs.len() as u64 {
+            return Ok(());
+        }
+        let cut = inner.locs.get((since.saturating_sub(first)) as usize).copied();
+        inner.locs.truncate(since.saturating_sub(first) as usize);
+        // Later segments first, so a crash midway leaves a longer log, never a hole.
+        let keep_seg = cut.map(|c| c.seg);
+        let doomed: Vec<u64> = inner
+            .segments
+            .keys()
+            .copied()
+            .filter(|s| match keep_seg {
+                Some(k) => *s > k || (*s == k && cut.is_some_and(|c| c.offset == 0)),
+                None => true,
+            })
+            .rev()
+            .collect();
+        for s in doomed {
+            if let Some(seg) = inner.segments.remove(&s) {
+                inner.dirty.remove(&s);
+                std::fs::remove_file(&seg.path)?;
+                inner.dir_dirty = true;
+            }
+        }
+        if let Some(c) = cut {
+            if let Some(seg) = inner.segments.get_mut(&c.seg) {
+                seg.file.set_len(c.offset)?;
+                seg.len = c.offset;
+                inner.dirty.insert(c.seg, seg.file.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget the entries up to and including `upto`, deleting the segments that hold nothing
+    /// newer. The caller has made the purge point durable first.
+    pub fn purge(&self, upto: u64) -> io::Result<()> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        while inner.locs.front().is_some_and(|l| l.log_id.index <= upto) {
+            inner.locs.pop_front();
+        }
+        let keep_from = inner.locs.front().map(|l| l.seg);
+        let doomed: Vec<u64> = inner
+            .segments
+            .keys()
+            .copied()
+            .filter(|s| keep_from.is_none() || keep_from.is_some_and(|k| *s < k))
+            .collect();
+        for s in doomed {
+            if let Some(seg) = inner.segments.remove(&s) {
+                inner.dirty.remove(&s);
+                std::fs::remove_file(&seg.path)?;
+                inner.dir_dirty = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read the records of one segment into `locs`; returns the length of its intact prefix.
+fn scan(file: &File, first: u64, purged: Option<u64>, locs: &mut VecDeque<Loc>) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut data = Vec::with_capacity(len as usize);
+    io::Read::read_to_end(&mut io::BufReader::new(file), &mut data)?;
+    let mut pos = 0usize;
+    while pos + HEADER <= data.len() {
+        let index = u64::from_le_bytes(data[pos..pos + 8].try_into().expect("8 bytes"));
+        let plen = u32::from_le_bytes(data[pos + 8..pos + 12].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(data[pos + 12..pos + 16].try_into().expect("4 bytes"));
+        let Some(payload) = data.get(pos + HEADER..pos + HEADER + plen) else { break };
+        if crc != checksum(index, payload) {
+            break;
+        }
+        if purged.is_none() || purged.is_some_and(|p| index > p) {
+            if let Some(prev) = locs.back() {
+                if index != prev.log_id.index + 1 {
+                    return Err(corrupt(format!(
+                        "raft log segment {first}: entry {index} follows {}",
+                        prev.log_id.index
+                    )));
+                }
+            }
+            let entry: Entry<TypeConfig> = decode(payload).map_err(|e| corrupt(e.to_string()))?;
+            locs.push_back(Loc {
+                log_id: entry.log_id,
+                seg: first,
+                offset: pos as u64,
+                len: (HEADER + plen) as u32,
+            });
+        }
+        pos += HEADER + plen;
+    }
+    Ok(pos as u64)
+}

@@ -1,0 +1,225 @@
+//! The Raft log files: what survives a restart, a torn last write, damage, purges, truncations,
+//! and the move of an older store's log out of sled.
+
+use std::io::Write;
+use std::path::Path;
+
+use openraft::storage::RaftLogStorage;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader};
+use st2kv_raft::codec::encode;
+use st2kv_raft::wal::Wal;
+use st2kv_raft::{store, Command, KeyId, Op, Request, TypeConfig};
+use tempfile::TempDir;
+
+fn log_id(term: u64, index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+/// An entry whose payload says which index it was written for, so a read can check it.
+fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+    let cmd = Command::Put {
+        key: KeyId::system(format!("k{index}")),
+        value: format!("value of entry {index} in term {term}"),
+        secret: false,
+        description: None,
+        expire_at_ms: None,
+        now_ms: 0,
+        new_id: format!("id{index}"),
+        cond: st2kv_raft::Cond::Always,
+    };
+    let req = Request {
+        id: Some(index as u128),
+        proposed_at_ms: 0,
+        ops: vec![Op { cmd, guards: vec![] }],
+        also: vec![],
+    };
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(req) }
+}
+
+fn entries(term: u64, range: std::ops::Range<u64>) -> Vec<Entry<TypeConfig>> {
+    range.map(|i| entry(term, i)).collect()
+}
+
+fn ids(es: &[Entry<TypeConfig>]) -> Vec<(u64, u64)> {
+    es.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect()
+}
+
+fn segments(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn entries_survive_a_restart_across_segments() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("wal");
+    {
+        let wal = Wal::open_with_segment_size(&dir, None, true, 1024).unwrap();
+        for chunk in entries(1, 1..41).chunks(3) {
+            wal.append(chunk).unwrap();
+        }
+        wal.sync().unwrap();
+        assert!(wal.segment_count() >= 3, "small segments roll over: {}", wal.segment_count());
+    }
+    let wal = Wal::open_with_segment_size(&dir, None, true, 1024).unwrap();
+    assert_eq!(wal.bounds(), Some((log_id(1, 1), log_id(1, 40))));
+    assert_eq!(ids(&wal.read(0, u64::MAX).unwrap()), ids(&entries(1, 1..41)));
+    assert_eq!(ids(&wal.read(7, 19).unwrap()), ids(&entries(1, 7..19)));
+    // Reads outside the log return what overlaps, nothing more.
+    assert_eq!(ids(&wal.read(39, 100).unwrap()), ids(&entries(1, 39..41)));
+    assert!(wal.read(41, 50).unwrap().is_empty());
+}
+
+#[test]
+fn an_unfinished_last_write_is_cut_off_and_the_log_goes_on() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("wal");
+    {
+        let wal = Wal::open(&dir, None, true).unwrap();
+        wal.append(&entries(1, 1..6)).unwrap();
+        wal.sync().unwrap();
+    }
+    // A crash in the middle of the next append: half a record at the end of the file.
+    let last = dir.join(segments(&dir).last().unwrap());
+    let whole = {
+        let tmp2 = TempDir::new().unwrap();
+        let w = Wal::open(tmp2.path(), None, false).unwrap();
+        w.append(&entries(1, 6..7)).unwrap();
+        std::fs::read(tmp2.path().join(segments(tmp2.path())[0].clone())).unwrap()
+    };
+    let before = std::fs::metadata(&last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap()
+        .write_all(&whole[..whole.len() / 2])
+        .unwrap();
+
+    let wal = Wal::open(&dir, None, true).unwrap();
+    assert_eq!(wal.bounds(), Some((log_id(1, 1), log_id(1, 5))));
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), before, "the torn record is cut off");
+    wal.append(&entries(1, 6..8)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = Wal::open(&dir, None, true).unwrap();
+    assert_eq!(ids(&wal.read(0, u64::MAX).unwrap()), ids(&entries(1, 1..8)));
+}
+
+#[test]
+fn damage_before_the_last_segment_refuses_to_open() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("wal");
+    {
+        let wal = Wal::open_with_segment_size(&dir, None, true, 512).unwrap();
+        for e in entries(1, 1..20) {
+            wal.append(&[e]).unwrap();
+        }
+        wal.sync().unwrap();
+        assert!(wal.segment_count() >= 2);
+    }
+    let first = dir.join(&segments(&dir)[0]);
+    let mut bytes = std::fs::read(&first).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    std::fs::write(&first, bytes).unwrap();
+    let err = Wal::open_with_segment_size(&dir, None, true, 512).err().expect("a damaged log must not open");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+}
+
+#[test]
+fn a_flipped_byte_in_a_kept_entry_is_an_error_on_read_not_a_wrong_entry() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("wal");
+    let wal = Wal::open(&dir, None, true).unwrap();
+    wal.append(&entries(1, 1..4)).unwrap();
+    wal.sync().unwrap();
+    let seg = dir.join(&segments(&dir)[0]);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x01;
+    std::fs::write(&seg, bytes).unwrap();
+    assert!(wal.read(1, 3).is_ok(), "the intact entries still read");
+    assert!(wal.read(3, 4).is_err(), "the damaged one does not");
+}
+
+#[test]
+fn truncate_and_purge_delete_whole_segments_and_survive_a_restart() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("wal");
+    let open = || Wal::open_with_segment_size(&dir, None, true, 600).unwrap();
+    let wal = open();
+    for e in entries(1, 1..31) {
+        wal.append(&[e]).unwrap();
+    }
+    wal.sync().unwrap();
+    let before = wal.segment_count();
+
+    // A new leader overwrites the tail from 12 on.
+    wal.truncate(12).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.bounds(), Some((log_id(1, 1), log_id(1, 11))));
+    assert!(wal.segment_count() < before, "segments past the cut are deleted");
+    wal.append(&entries(2, 12..16)).unwrap();
+    wal.sync().unwrap();
+
+    wal.purge(9).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.bounds().map(|b| b.0), Some(log_id(1, 10)));
+    let kept = segments(&dir);
+    drop(wal);
+
+    // Purged entries left in a kept segment are skipped after a restart.
+    let wal = Wal::open_with_segment_size(&dir, Some(9), true, 600).unwrap();
+    let mut want = entries(1, 10..12);
+    want.extend(entries(2, 12..16));
+    assert_eq!(ids(&wal.read(0, u64::MAX).unwrap()), ids(&want));
+    assert_eq!(segments(&dir), kept);
+
+    // Purging everything deletes every file; the next append starts a new one.
+    wal.purge(100).unwrap();
+    assert!(wal.is_empty());
+    assert!(segments(&dir).is_empty());
+    wal.append(&entries(3, 101..103)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = Wal::open(&dir, Some(100), true).unwrap();
+    assert_eq!(ids(&wal.read(0, u64::MAX).unwrap()), ids(&entries(3, 101..103)));
+}
+
+#[test]
+fn an_append_that_does_not_continue_the_log_is_refused() {
+    let tmp = TempDir::new().unwrap();
+    let wal = Wal::open(tmp.path(), None, false).unwrap();
+    wal.append(&entries(1, 1..3)).unwrap();
+    assert!(wal.append(&entries(1, 4..5)).is_err());
+    assert!(wal.append(&entries(1, 2..3)).is_err());
+    assert_eq!(wal.bounds(), Some((log_id(1, 1), log_id(1, 2))));
+}
+
+/// A data dir written by a version that kept the log in sled's `raft_log` tree opens with the
+/// same log, now in files, and the tree is gone.
+#[tokio::test]
+async fn a_log_kept_in_sled_by_an_earlier_version_moves_into_the_files() {
+    let tmp = TempDir::new().unwrap();
+    {
+        let db = sled::open(tmp.path().join("sled")).unwrap();
+        let old = db.open_tree("raft_log").unwrap();
+        for e in entries(1, 1..51) {
+            old.insert(e.log_id.index.to_be_bytes(), encode(&e)).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let mut s = store::open(tmp.path(), true).unwrap();
+    let state = s.log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 50)));
+    let read = s.log.try_get_log_entries(1..51).await.unwrap();
+    assert_eq!(ids(&read), ids(&entries(1, 1..51)));
+    assert!(!segments(&tmp.path().join("wal")).is_empty());
+    drop(s);
+    let db = sled::open(tmp.path().join("sled")).unwrap();
+    assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"raft_log"), "the old tree is dropped");
+}
