@@ -32,6 +32,9 @@
 #   NO_AUTH=1         nodes run with --insecure-no-auth; the bench sends no credentials
 #   NODE_ARGS="..."   extra flags for every st2kv-node, e.g. NODE_ARGS=--no-fsync
 #   KEEP=1            keep the temporary directory (data and node/etcd logs)
+#   THREADS_PER_NODE  worker threads of every st2kv node (--worker-threads) and GOMAXPROCS of
+#                     every etcd member; default 1, since three members of each share the
+#                     machine's cores; 0 leaves both at their defaults (one per core)
 #   RUST_LOG          the nodes' log filter (default: the node's own, info)
 set -euo pipefail
 # A relative CARGO_TARGET_DIR means relative to where this script was started.
@@ -136,6 +139,11 @@ printf '%s\n' "$admin_password" >"$tmp/admin-password"
 chmod 600 "$tmp/cluster-secret" "$tmp/admin-password"
 
 read -r -a node_args <<<"${NODE_ARGS:-}"
+threads="${THREADS_PER_NODE:-1}"
+if [ "$threads" != 0 ]; then
+  node_args+=(--worker-threads "$threads")
+  export GOMAXPROCS="$threads"
+fi
 node_args+=(--cluster-secret-file "$tmp/cluster-secret")
 bench_env=()
 if [ "${NO_AUTH:-0}" = 1 ]; then

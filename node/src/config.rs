@@ -82,6 +82,12 @@ pub struct Config {
     #[arg(long, env = "ST2KV_CACHE_MB", default_value_t = 128)]
     pub cache_mb: u64,
 
+    /// Threads that run the node's async work; 0 means one per CPU core. When several nodes
+    /// share a machine (a test or benchmark cluster), give each its share: every extra thread
+    /// that competes for a core adds wake-ups and context switches to each request's path.
+    #[arg(long, env = "ST2KV_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Largest key name accepted, in bytes; larger names are refused with 413.
     #[arg(long, env = "ST2KV_MAX_NAME_BYTES", default_value_t = 1024)]
     pub max_name_bytes: usize,

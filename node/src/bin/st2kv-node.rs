@@ -180,7 +180,11 @@ fn main() -> std::process::ExitCode {
         .get_matches();
     let config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing(&config.log_format);
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        rt.worker_threads(config.worker_threads);
+    }
+    let rt = rt.enable_all().build().expect("tokio runtime");
     match rt.block_on(run(config, shutdown_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
