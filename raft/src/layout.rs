@@ -10,7 +10,7 @@
 //! | `d` | `d` + batch request id (u128 BE) | bincode `Response`: remembered batches |
 //! | `a` | `a` + proposed_at_ms (u64 BE) + request id | empty: ages out `d` |
 //! | `t` | `t` + table + `0x00` + key | bincode `AuxRecord`: the node's users, token and API-key hashes |
-//! | `m` | `m` + name | bincode metadata (last applied, membership, op counter) |
+//! | `m` | `m` + name | bincode metadata (last applied, membership, op counter, key count) |
 //!
 //! Keys of one `(scope, user)` are contiguous and sorted by name, so a prefix listing is a range
 //! scan whose cost is the page, not the store. User names and key names never contain `0x00`
@@ -28,6 +28,8 @@ pub const AUX: u8 = b't';
 pub const META_APPLIED: &[u8] = b"mapplied";
 pub const META_MEMBERSHIP: &[u8] = b"mmembership";
 pub const META_OPS: &[u8] = b"mops";
+/// How many `k` records the tree holds (expired-but-unpurged ones included).
+pub const META_KEYS: &[u8] = b"mkeys";
 
 /// The prefix shared by every key of `(scope, user)` whose name starts with `name_prefix`.
 pub fn kv_prefix(scope: Scope, user: &str, name_prefix: &str) -> Vec<u8> {

@@ -126,6 +126,16 @@ fn open_wal(dir: &Path, db: &sled::Db, meta: &sled::Tree, durable: bool) -> Resu
     Ok(Wal::open(&wal_dir, purged.map(|l| l.index), durable)?)
 }
 
+/// Count the `k` records once if the tree has no count yet (a store of an earlier version, or
+/// one just seeded); from then on every apply keeps the count.
+fn ensure_key_count(sm: &sled::Tree) -> Result<(), StoreError> {
+    if sm.get(META_KEYS)?.is_none() {
+        let n = sm.scan_prefix([KV]).count() as u64;
+        sm.insert(META_KEYS, encode(&n))?;
+    }
+    Ok(())
+}
+
 /// sled's page cache unless the caller says otherwise (sled's own default is 1 GiB).
 pub const DEFAULT_CACHE_MB: u64 = 128;
 
@@ -149,6 +159,7 @@ pub fn open_with_cache(dir: &Path, durable: bool, cache_mb: u64) -> Result<Store
     };
     let disk = Arc::new(Disk { db: db.clone(), log_file });
     let sm = db.open_tree("sm")?;
+    ensure_key_count(&sm)?;
     let snap = db.open_tree("snapshot")?;
     let snap_dir = dir.join("snapshots");
     tidy_snapshots(&snap_dir, &snap, &db)?;
@@ -506,11 +517,13 @@ struct Overlay<'a> {
     changes: Vec<KeyChange>,
     /// Where the op being applied sits: `(log index, position in the entry)`.
     at: (u64, u32),
+    /// `k` records created minus removed by this batch.
+    keys_delta: i64,
 }
 
 impl<'a> Overlay<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        Overlay { tree, writes: BTreeMap::new(), changes: Vec::new(), at: (0, 0) }
+        Overlay { tree, writes: BTreeMap::new(), changes: Vec::new(), at: (0, 0), keys_delta: 0 }
     }
 
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -583,6 +596,7 @@ fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome,
             if let Some(t) = old.as_ref().and_then(|o| o.expire_at_ms) {
                 ov.del(expiry_key(t, &kvk));
             }
+            let existed = old.is_some();
             let live = old.filter(|o| !o.is_expired(*now_ms));
             let record = Record {
                 id: live.as_ref().map(|o| o.id.clone()).unwrap_or_else(|| new_id.clone()),
@@ -596,6 +610,9 @@ fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome,
             };
             if let Some(t) = expire_at_ms {
                 ov.put(expiry_key(*t, &kvk), Vec::new());
+            }
+            if !existed {
+                ov.keys_delta += 1;
             }
             ov.put(kvk, encode(&record));
             let (index, seq) = ov.at;
@@ -617,6 +634,7 @@ fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome,
                         ov.del(expiry_key(t, &kvk));
                     }
                     ov.del(kvk);
+                    ov.keys_delta -= 1;
                     if old.is_expired(*now_ms) {
                         Outcome::NotFound
                     } else {
@@ -644,6 +662,9 @@ fn apply_command(ov: &mut Overlay, index: u64, cmd: &Command) -> Result<Outcome,
                     _ => false,
                 };
                 if expired {
+                    if target.first() == Some(&KV) {
+                        ov.keys_delta -= 1;
+                    }
                     ov.del(target);
                     count += 1;
                 }
@@ -866,6 +887,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(last) = last {
             ov.put(META_APPLIED.to_vec(), encode(&last));
         }
+        if ov.keys_delta != 0 {
+            let keys: u64 = match ov.get(META_KEYS).map_err(werr)? {
+                Some(v) => decode(&v).map_err(|e| werr(e.into()))?,
+                None => 0,
+            };
+            ov.put(META_KEYS.to_vec(), encode(&keys.saturating_add_signed(ov.keys_delta)));
+        }
         let changes = std::mem::take(&mut ov.changes);
         self.cut.preserve(&self.sm, ov.writes.keys()).map_err(werr)?;
         self.sm.apply_batch(ov.into_batch()).map_err(|e| werr(e.into()))?;
@@ -960,11 +988,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 b.remove(k);
             }
-            let (mut pairs, mut ops) = (0u64, 0u64);
+            let (mut pairs, mut ops, mut keys) = (0u64, 0u64, 0u64);
             for pair in crate::codec::PairReader::new(reader)? {
                 let (k, v) = pair?;
                 if k == META_OPS {
                     ops = decode(&v)?;
+                }
+                if k.first() == Some(&KV) {
+                    keys += 1;
                 }
                 pairs += 1;
                 if building {
@@ -976,6 +1007,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 b.insert(META_APPLIED, encode(&last));
             }
             b.insert(META_MEMBERSHIP, encode(&membership));
+            b.insert(META_KEYS, encode(&keys));
+            if building {
+                touched.push(META_KEYS.to_vec());
+            }
             cut.preserve(&sm, touched)?;
             sm.apply_batch(b)?;
             Ok((pairs, ops))
@@ -1196,6 +1231,8 @@ pub fn seed_store(store: &Store, dir: &Path, data: &[u8]) -> Result<usize, Store
         }
     }
     sm.apply_batch(b)?;
+    sm.remove(META_KEYS)?;
+    ensure_key_count(&sm)?;
     db.flush()?;
     Ok(n)
 }
@@ -1357,8 +1394,12 @@ impl StateView {
         Ok(self.ops_applied()?.saturating_sub(ops_at_cut).saturating_mul(2) >= pairs)
     }
 
-    /// Number of stored keys, expired-but-unpurged included.
+    /// Number of stored keys, expired-but-unpurged included: a counter the state machine keeps,
+    /// not a scan (counting a million keys took seconds and swept sled's cache).
     pub fn key_count(&self) -> usize {
-        self.sm.scan_prefix([KV]).count()
+        match self.sm.get(META_KEYS).ok().flatten().and_then(|v| decode::<u64>(&v).ok()) {
+            Some(n) => n as usize,
+            None => self.sm.scan_prefix([KV]).count(),
+        }
     }
 }

@@ -655,6 +655,53 @@ async fn an_installed_snapshot_replaces_the_whole_state_and_survives_a_reopen() 
     assert_eq!(b.value(&user_key, T0).as_deref(), Some("ciphertext"));
     assert_eq!(b.run(expires, Command::PurgeExpired { now_ms: expires }).await, Outcome::Purged { count: 1 });
     assert_eq!(b.list(Scope::System, "", "", T0), ["region"]);
+    assert_eq!(b.store.view.key_count(), 2, "the count carried on from the snapshot's");
+}
+
+/// The key count (what `/v1/cluster/status` shows) is kept by apply, not counted: creates add,
+/// overwrites do not, deletes and purges of expired keys remove, and it survives a reopen.
+#[tokio::test]
+async fn the_key_count_follows_creates_overwrites_deletes_and_purges() {
+    let mut r = Replica::new();
+    assert_eq!(r.store.view.key_count(), 0);
+    r.propose(
+        T0,
+        vec![
+            op(put(KeyId::system("a"), "1", T0)),
+            op(put(KeyId::system("b"), "1", T0)),
+            op(put(KeyId::user("alice", "a"), "1", T0)),
+            op(put(KeyId::system("a"), "2", T0)),
+        ],
+    )
+    .await;
+    assert_eq!(r.store.view.key_count(), 3, "the second put of `a` is an overwrite");
+    r.propose(
+        T0 + 1,
+        vec![op(delete(KeyId::system("b"), T0 + 1)), op(delete(KeyId::system("nope"), T0 + 1))],
+    )
+    .await;
+    assert_eq!(r.store.view.key_count(), 2, "one delete removed a key, the other found none");
+    r.propose(
+        T0 + 2,
+        vec![
+            op(expiring_at(put(KeyId::system("lease"), "x", T0 + 2), T0 + 10)),
+            op(expiring_at(put(KeyId::system("lease2"), "x", T0 + 2), T0 + 10)),
+        ],
+    )
+    .await;
+    assert_eq!(r.store.view.key_count(), 4);
+    // An expired key is still stored until purged; a put over it replaces it, a delete removes it.
+    r.propose(T0 + 20, vec![op(put(KeyId::system("lease"), "y", T0 + 20))]).await;
+    assert_eq!(r.store.view.key_count(), 4);
+    r.propose(T0 + 30, vec![op(expiring_at(put(KeyId::system("lease3"), "x", T0 + 30), T0 + 40))]).await;
+    r.propose(T0 + 50, vec![op(delete(KeyId::system("lease2"), T0 + 50))]).await;
+    assert_eq!(r.store.view.key_count(), 4);
+    assert_eq!(r.run(T0 + 50, Command::PurgeExpired { now_ms: T0 + 50 }).await, Outcome::Purged { count: 1 });
+    assert_eq!(r.store.view.key_count(), 3);
+    let mut r = r.reopen();
+    assert_eq!(r.store.view.key_count(), 3);
+    r.propose(T0 + 60, vec![op(put(KeyId::system("c"), "1", T0 + 60))]).await;
+    assert_eq!(r.store.view.key_count(), 4);
 }
 
 /// A snapshot is the state at the moment its builder was taken, however much is applied while it
