@@ -99,8 +99,9 @@ fn open_wal(dir: &Path, db: &sled::Db, meta: &sled::Tree, durable: bool) -> Resu
     let purged: Option<LogId<NodeId>> =
         read_meta(meta, LAST_PURGED).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
     let wal_dir = dir.join("wal");
-    let old = db.open_tree("raft_log")?;
-    if !old.is_empty() {
+    let had_old = db.tree_names().iter().any(|n| n.as_ref() == b"raft_log");
+    if had_old {
+        let old = db.open_tree("raft_log")?;
         if wal_dir.exists() {
             std::fs::remove_dir_all(&wal_dir)?;
         }
@@ -119,6 +120,7 @@ fn open_wal(dir: &Path, db: &sled::Db, meta: &sled::Tree, durable: bool) -> Resu
         }
         wal.append(&chunk)?;
         wal.sync()?;
+        drop(old);
         db.drop_tree("raft_log")?;
         db.flush()?;
         tracing::info!("moved the raft log from sled into {}", wal_dir.display());

@@ -66,6 +66,32 @@ struct Inner {
     dir_dirty: bool,
 }
 
+impl Inner {
+    /// Delete the segment files `doomed`, in that order (their entries are already out of `locs`).
+    fn delete_segments(&mut self, doomed: Vec<u64>) -> io::Result<()> {
+        for s in doomed {
+            if let Some(seg) = self.segments.remove(&s) {
+                self.dirty.remove(&s);
+                std::fs::remove_file(&seg.path)?;
+                self.dir_dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete the segments before the one holding the first entry; all of them if none is left.
+    fn delete_segments_before_first_entry(&mut self) -> io::Result<()> {
+        let keep_from = self.locs.front().map(|l| l.seg);
+        let doomed = self
+            .segments
+            .keys()
+            .copied()
+            .filter(|s| keep_from.is_none() || keep_from.is_some_and(|k| *s < k))
+            .collect();
+        self.delete_segments(doomed)
+    }
+}
+
 /// The log of one node. Cheap to share: every method takes `&self`.
 pub struct Wal {
     inner: Mutex<Inner>,
@@ -153,19 +179,7 @@ impl Wal {
             inner.segments.insert(first, Segment { file: Arc::new(file), path, len: good });
         }
         // Segments wholly below the purge point are leftovers of an interrupted purge.
-        let keep_from = inner.locs.front().map(|l| l.seg);
-        let stale: Vec<u64> = inner
-            .segments
-            .keys()
-            .copied()
-            .filter(|s| keep_from.is_none() || keep_from.is_some_and(|k| *s < k))
-            .collect();
-        for s in stale {
-            if let Some(seg) = inner.segments.remove(&s) {
-                std::fs::remove_file(&seg.path)?;
-                inner.dir_dirty = true;
-            }
-        }
+        inner.delete_segments_before_first_entry()?;
         if inner.dir_dirty && durable {
             sync_dir(dir)?;
             inner.dir_dirty = false;
@@ -236,7 +250,11 @@ impl Wal {
                 len: (buf.len() - start) as u32,
             });
         }
-        seg.file.write_all_at(&buf, seg.len)?;
+        if let Err(e) = seg.file.write_all_at(&buf, seg.len) {
+            // Leave no partial record behind for a later append to land after.
+            let _ = seg.file.set_len(seg.len);
+            return Err(e);
+        }
         let file = seg.file.clone();
         if let Some(s) = inner.segments.get_mut(&seg_first) {
             s.len += buf.len() as u64;
@@ -348,13 +366,7 @@ impl Wal {
             })
             .rev()
             .collect();
-        for s in doomed {
-            if let Some(seg) = inner.segments.remove(&s) {
-                inner.dirty.remove(&s);
-                std::fs::remove_file(&seg.path)?;
-                inner.dir_dirty = true;
-            }
-        }
+        inner.delete_segments(doomed)?;
         if let Some(c) = cut {
             if let Some(seg) = inner.segments.get_mut(&c.seg) {
                 seg.file.set_len(c.offset)?;
@@ -373,21 +385,7 @@ impl Wal {
         while inner.locs.front().is_some_and(|l| l.log_id.index <= upto) {
             inner.locs.pop_front();
         }
-        let keep_from = inner.locs.front().map(|l| l.seg);
-        let doomed: Vec<u64> = inner
-            .segments
-            .keys()
-            .copied()
-            .filter(|s| keep_from.is_none() || keep_from.is_some_and(|k| *s < k))
-            .collect();
-        for s in doomed {
-            if let Some(seg) = inner.segments.remove(&s) {
-                inner.dirty.remove(&s);
-                std::fs::remove_file(&seg.path)?;
-                inner.dir_dirty = true;
-            }
-        }
-        Ok(())
+        inner.delete_segments_before_first_entry()
     }
 }
 
