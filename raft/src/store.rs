@@ -1219,7 +1219,9 @@ pub fn seed_store(store: &Store, dir: &Path, data: &[u8]) -> Result<usize, Store
     let db = &store.disk.db;
     let sm = db.open_tree("sm")?;
     let meta = db.open_tree("raft_meta")?;
-    if !sm.is_empty() || !store.log.is_empty() || !meta.is_empty() {
+    // The key count every open writes is not data.
+    let sm_holds_data = sm.iter().keys().any(|k| k.map_or(true, |k| k.as_ref() != META_KEYS));
+    if sm_holds_data || !store.log.is_empty() || !meta.is_empty() {
         return Err(StoreError::Io(std::io::Error::other(format!(
             "{} already holds data; restore only into an empty data dir",
             dir.display()
