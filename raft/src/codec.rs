@@ -18,6 +18,11 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     options().serialize(value).expect("bincode serialization of an in-memory value")
 }
 
+/// [`encode`] appended to `out`.
+pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    options().serialize_into(out, value).expect("bincode serialization of an in-memory value")
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     options().deserialize(bytes)
 }

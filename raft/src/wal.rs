@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use openraft::{Entry, LogId};
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode, encode_into};
 use crate::{NodeId, TypeConfig};
 
 /// A segment is closed once it holds this much; the next append starts a new file.
@@ -220,6 +220,9 @@ impl Wal {
                 )));
             }
         }
+        if entries.windows(2).any(|w| w[1].log_id.index != w[0].log_id.index + 1) {
+            return Err(io::Error::other("appended entries are not consecutive"));
+        }
         let full = match inner.segments.last_key_value() {
             Some((_, s)) => s.len >= self.segment_bytes,
             None => true,
@@ -233,16 +236,16 @@ impl Wal {
         let (&seg_first, seg) = inner.segments.last_key_value().expect("a segment exists");
         let mut buf = Vec::new();
         let mut locs = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
-            if i > 0 && entry.log_id.index != entries[i - 1].log_id.index + 1 {
-                return Err(io::Error::other("appended entries are not consecutive"));
-            }
-            let payload = encode(entry);
+        for entry in entries {
+            // Header first (length and checksum filled in once the payload is written after it).
             let start = buf.len();
             buf.extend_from_slice(&entry.log_id.index.to_le_bytes());
-            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&checksum(entry.log_id.index, &payload).to_le_bytes());
-            buf.extend_from_slice(&payload);
+            buf.extend_from_slice(&[0; 8]);
+            encode_into(&mut buf, entry);
+            let payload_len = (buf.len() - start - HEADER) as u32;
+            let crc = checksum(entry.log_id.index, &buf[start + HEADER..]);
+            buf[start + 8..start + 12].copy_from_slice(&payload_len.to_le_bytes());
+            buf[start + 12..start + 16].copy_from_slice(&crc.to_le_bytes());
             locs.push(Loc {
                 log_id: entry.log_id,
                 seg: seg_first,

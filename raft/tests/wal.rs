@@ -53,6 +53,21 @@ fn segments(dir: &Path) -> Vec<String> {
     names
 }
 
+/// `open` once the previous handle's lock is gone: sled's background flusher holds the directory
+/// lock for a moment after the last handle is dropped (bounded: 5 s).
+fn retry_locked<T, E: std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> T {
+    for _ in 0..50 {
+        match open() {
+            Ok(v) => return v,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Err(e) => panic!("open: {e}"),
+        }
+    }
+    panic!("the sled lock was still held after 5 s");
+}
+
 #[test]
 fn entries_survive_a_restart_across_segments() {
     let tmp = TempDir::new().unwrap();
@@ -193,11 +208,14 @@ fn truncate_and_purge_delete_whole_segments_and_survive_a_restart() {
 #[test]
 fn an_append_that_does_not_continue_the_log_is_refused() {
     let tmp = TempDir::new().unwrap();
-    let wal = Wal::open(tmp.path(), None, false).unwrap();
+    // Segments of one byte: every accepted append starts a new file.
+    let wal = Wal::open_with_segment_size(tmp.path(), None, false, 1).unwrap();
     wal.append(&entries(1, 1..3)).unwrap();
     assert!(wal.append(&entries(1, 4..5)).is_err());
     assert!(wal.append(&entries(1, 2..3)).is_err());
+    assert!(wal.append(&[entry(1, 3), entry(1, 5)]).is_err(), "a gap inside one append");
     assert_eq!(wal.bounds(), Some((log_id(1, 1), log_id(1, 2))));
+    assert_eq!(segments(tmp.path()).len(), 1, "a refused append leaves no file behind");
 }
 
 /// A data dir written by a version that kept the log in sled's `raft_log` tree opens with the
@@ -213,13 +231,13 @@ async fn a_log_kept_in_sled_by_an_earlier_version_moves_into_the_files() {
         }
         db.flush().unwrap();
     }
-    let mut s = store::open(tmp.path(), true).unwrap();
+    let mut s = retry_locked(|| store::open(tmp.path(), true));
     let state = s.log.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id, Some(log_id(1, 50)));
     let read = s.log.try_get_log_entries(1..51).await.unwrap();
     assert_eq!(ids(&read), ids(&entries(1, 1..51)));
     assert!(!segments(&tmp.path().join("wal")).is_empty());
     drop(s);
-    let db = sled::open(tmp.path().join("sled")).unwrap();
+    let db = retry_locked(|| sled::open(tmp.path().join("sled")));
     assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"raft_log"), "the old tree is dropped");
 }
