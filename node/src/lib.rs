@@ -491,7 +491,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
             b.seed(&config.data_dir, |data| st2kv_raft::store::seed_store(&store, &config.data_dir, data))?;
         tracing::info!("{msg}");
     }
-    let disk = store.disk.clone();
+    let closer = store.closer.clone();
     let key_changes = store.changes.subscribe();
     let tuning = RaftTuning {
         heartbeat_ms: config.heartbeat_ms,
@@ -509,10 +509,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     let auth_l = bind(config.auth_bind, "auth").await?;
     let peer_l = bind(config.peer_bind, "peer").await?;
 
-    let raft =
-        Raft::new(config.node_id, raft_config, Network::new(peers.clone()), store.log, store.state_machine)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot start Raft: {e}"))?;
+    let durability = store.durability.clone();
+    let network = Network::new(peers.clone(), durability.clone());
+    let raft = Raft::new(config.node_id, raft_config, network, store.log, store.state_machine)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start Raft: {e}"))?;
     let initializer = config.join.is_none()
         && members.iter().map(|(id, _)| *id).min().unwrap_or(config.node_id) == config.node_id;
     let fresh = !raft.is_initialized().await.map_err(|e| anyhow::anyhow!("raft: {e}"))?;
@@ -578,8 +579,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
-    let peer_srv =
-        serve(peer_l, peer_router(raft.clone(), secret, Some(cluster.forward_sink())), peer_stop_rx);
+    let peer_srv = serve(
+        peer_l,
+        peer_router(raft.clone(), durability, secret, Some(cluster.forward_sink())),
+        peer_stop_rx,
+    );
     let api_srv = serve(api_l, api_router(app.clone()), stop_rx.clone());
     let auth_srv = serve(auth_l, auth_router(app.clone()), stop_rx);
 
@@ -653,7 +657,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     }
     let _ = peer_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), peer_srv).await;
-    disk.sync().await.map_err(|e| anyhow::anyhow!("final storage sync failed: {e}"))?;
+    // Marks the state machine whole (no apply runs any more), so the next start need not rebuild it.
+    closer.close().await.map_err(|e| anyhow::anyhow!("final storage sync failed: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }

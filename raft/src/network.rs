@@ -41,6 +41,7 @@ use openraft::LogId;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
+use crate::store::LogDurability;
 use crate::types::{Node, Request, Response};
 use crate::{NodeId, Raft, TypeConfig};
 
@@ -248,11 +249,14 @@ impl PeerClient {
 #[derive(Clone)]
 pub struct Network {
     client: PeerClient,
+    durability: LogDurability,
 }
 
 impl Network {
-    pub fn new(client: PeerClient) -> Self {
-        Network { client }
+    /// `durability`: this node's log, whose commit index goes out only once the log is on disk
+    /// that far (see [`crate::store`]).
+    pub fn new(client: PeerClient, durability: LogDurability) -> Self {
+        Network { client, durability }
     }
 }
 
@@ -260,13 +264,19 @@ pub struct Connection {
     client: PeerClient,
     target: NodeId,
     addr: String,
+    durability: LogDurability,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
-        Connection { client: self.client.clone(), target, addr: node.rpc_addr.clone() }
+        Connection {
+            client: self.client.clone(),
+            target,
+            addr: node.rpc_addr.clone(),
+            durability: self.durability.clone(),
+        }
     }
 }
 
@@ -305,6 +315,15 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        // A follower applies what the leader says is committed. This leader counted its own copy
+        // towards that before the copy was on disk, so the claim waits until it is: otherwise a
+        // power loss here could leave a follower having applied an entry a new leader never had.
+        if let Some(commit) = rpc.leader_commit {
+            self.durability
+                .through(commit.index)
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        }
         let n = rpc.entries.len() as u64;
         let body = encode(&rpc);
         if body.len() > MAX_APPEND_BYTES && n > 1 {
@@ -352,13 +371,20 @@ pub type ForwardSink = tokio::sync::mpsc::Sender<Forwarded>;
 #[derive(Clone)]
 struct PeerState {
     raft: Raft,
+    durability: LogDurability,
     secret: Option<Arc<str>>,
     sink: Option<ForwardSink>,
 }
 
 /// The peer listener's routes. Mount them on their own listener, never on the public API.
 /// Without a `sink` each forwarded batch is proposed as an entry of its own.
-pub fn peer_router(raft: Raft, secret: Option<String>, sink: Option<ForwardSink>) -> Router {
+/// `durability`: this node's log; a follower answers an append only once what it wrote is on disk.
+pub fn peer_router(
+    raft: Raft,
+    durability: LogDurability,
+    secret: Option<String>,
+    sink: Option<ForwardSink>,
+) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -368,7 +394,7 @@ pub fn peer_router(raft: Raft, secret: Option<String>, sink: Option<ForwardSink>
         .route("/raft/membership", post(membership))
         // Snapshot chunks and large appends exceed axum's 2 MB default (pitfall P6).
         .layer(DefaultBodyLimit::max(64 << 20))
-        .with_state(PeerState { raft, secret: secret.map(Arc::from), sink })
+        .with_state(PeerState { raft, durability, secret: secret.map(Arc::from), sink })
 }
 
 fn authorized(state: &PeerState, headers: &HeaderMap, path: &str, body: &[u8]) -> bool {
@@ -419,7 +445,13 @@ macro_rules! guard {
 
 async fn append(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
     let req = guard!(s, headers, body, "/raft/append", AppendEntriesRequest<TypeConfig>);
-    bincode_reply(&s.raft.append_entries(req).await)
+    let result = s.raft.append_entries(req).await;
+    // openraft heard of the append as flushed once it was written; the leader counts this answer
+    // towards a quorum, so it goes out only once the entries are on disk.
+    if let Err(e) = s.durability.written().await {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    bincode_reply(&result)
 }
 
 async fn vote(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> HttpResponse {

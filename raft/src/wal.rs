@@ -18,6 +18,12 @@
 //! fails rather than serve a log with a hole. Entries at or below the purge point are skipped
 //! (segments are deleted only after that point is durable, so a crash can leave some behind).
 //!
+//! **How far it is durable.** Every successful [`Wal::sync`] publishes a [`Durability`] mark: the
+//! index through which the log is on disk, and how many writes (appends and truncations) are.
+//! A truncation lowers the index mark at once, and a sync that began before it cannot raise it
+//! again. The store lets openraft go on before an append is durable and waits on these marks
+//! where it matters instead (see [`crate::store`]).
+//!
 //! **What it does not do.** It does not sync by itself ([`Wal::sync`] is called by the store's
 //! sync thread, which batches appends into one `fdatasync`), keep entries in memory (reads are
 //! `pread`s, normally served by the OS page cache), or know anything about votes and the purge
@@ -64,6 +70,11 @@ struct Inner {
     /// Segments written since the last sync, and whether the directory changed.
     dirty: BTreeMap<u64, Arc<File>>,
     dir_dirty: bool,
+    /// Writes (appends and truncations) so far; a sync covers those made before it began.
+    writes: u64,
+    /// Bumped by every truncation, so a sync that began before one does not vouch for entries
+    /// written after it at the same indexes.
+    epoch: u64,
 }
 
 impl Inner {
@@ -92,11 +103,24 @@ impl Inner {
     }
 }
 
+/// How much of the log is known to be on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durability {
+    /// Every entry at or below this index is durable (or purged behind a durable snapshot).
+    pub through: u64,
+    /// The first this many writes are durable.
+    pub writes: u64,
+    /// A sync failed: what was written since the last good one may be lost, and nothing more
+    /// will be vouched for.
+    pub failed: bool,
+}
+
 /// The log of one node. Cheap to share: every method takes `&self`.
 pub struct Wal {
     inner: Mutex<Inner>,
     durable: bool,
     segment_bytes: u64,
+    mark: tokio::sync::watch::Sender<Durability>,
 }
 
 fn corrupt(msg: String) -> io::Error {
@@ -148,6 +172,8 @@ impl Wal {
             locs: VecDeque::new(),
             dirty: BTreeMap::new(),
             dir_dirty: false,
+            writes: 0,
+            epoch: 0,
         };
         let count = firsts.len();
         for (i, first) in firsts.into_iter().enumerate() {
@@ -180,11 +206,65 @@ impl Wal {
         }
         // Segments wholly below the purge point are leftovers of an interrupted purge.
         inner.delete_segments_before_first_entry()?;
-        if inner.dir_dirty && durable {
+        if durable {
+            // A process that died after an append but before its sync left the entry in the page
+            // cache only; make it as durable as the mark below claims.
+            for seg in inner.segments.values() {
+                seg.file.sync_data()?;
+            }
             sync_dir(dir)?;
             inner.dir_dirty = false;
         }
-        Ok(Wal { inner: Mutex::new(inner), durable, segment_bytes: segment_bytes.max(1) })
+        let through = inner.locs.back().map(|l| l.log_id.index).or(purged).unwrap_or(0);
+        let (mark, _) = tokio::sync::watch::channel(Durability { through, writes: 0, failed: false });
+        Ok(Wal { inner: Mutex::new(inner), durable, segment_bytes: segment_bytes.max(1), mark })
+    }
+
+    /// The current durability mark.
+    pub fn durability(&self) -> Durability {
+        *self.mark.borrow()
+    }
+
+    /// Wait until every entry at or below `index` is durable. An index the log has not reached
+    /// has nothing to wait for: no sync would ever vouch for it.
+    pub async fn wait_through(&self, index: u64) -> io::Result<()> {
+        self.wait_until(|m| {
+            let beyond_the_log = match self.lock().locs.back() {
+                Some(last) => last.log_id.index < index,
+                None => true,
+            };
+            m.through >= index || beyond_the_log
+        })
+        .await
+    }
+
+    /// Wait until every write made before this call is durable.
+    pub async fn wait_written(&self) -> io::Result<()> {
+        let writes = self.lock().writes;
+        self.wait_until(|m| m.writes >= writes).await
+    }
+
+    async fn wait_until(&self, done: impl Fn(&Durability) -> bool) -> io::Result<()> {
+        let failed = || io::Error::other("a sync of the raft log failed; the node stops vouching for it");
+        // The mark is copied out before `done` runs: `done` may take the log's lock, and writers
+        // take that lock before the mark's.
+        let mut rx: Option<tokio::sync::watch::Receiver<Durability>> = None;
+        loop {
+            let m = match &mut rx {
+                None => *self.mark.borrow(),
+                Some(rx) => *rx.borrow_and_update(),
+            };
+            if m.failed {
+                return Err(failed());
+            }
+            if done(&m) {
+                return Ok(());
+            }
+            match &mut rx {
+                None => rx = Some(self.mark.subscribe()),
+                Some(rx) => rx.changed().await.map_err(|_| failed())?,
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -264,19 +344,37 @@ impl Wal {
         }
         inner.dirty.insert(seg_first, file);
         inner.locs.extend(locs);
+        inner.writes += 1;
         Ok(())
     }
 
     /// Make everything written so far durable: `fdatasync` of the segments written since the
     /// last sync, and of the directory when segments were created or deleted.
     pub fn sync(&self) -> io::Result<()> {
-        let (files, dir) = {
+        let (files, dir, last, writes, epoch) = {
             let mut g = self.lock();
             let files: Vec<Arc<File>> = std::mem::take(&mut g.dirty).into_values().collect();
             let dir = std::mem::replace(&mut g.dir_dirty, false).then(|| g.dir.clone());
-            (files, dir)
+            (files, dir, g.locs.back().map(|l| l.log_id.index), g.writes, g.epoch)
+        };
+        let publish = |result: &io::Result<()>| {
+            let g = self.lock();
+            self.mark.send_if_modified(|m| {
+                let before = *m;
+                match result {
+                    Err(_) => m.failed = true,
+                    Ok(()) => {
+                        if g.epoch == epoch {
+                            m.through = m.through.max(last.unwrap_or(0));
+                        }
+                        m.writes = m.writes.max(writes);
+                    }
+                }
+                *m != before
+            });
         };
         if !self.durable {
+            publish(&Ok(()));
             return Ok(());
         }
         let result = (|| {
@@ -297,6 +395,7 @@ impl Wal {
                 inner.dirty.insert(*first, seg.file.clone());
             }
         }
+        publish(&result);
         result
     }
 
@@ -347,6 +446,14 @@ impl Wal {
     pub fn truncate(&self, since: u64) -> io::Result<()> {
         let mut g = self.lock();
         let inner = &mut *g;
+        // Whatever happens below, entries from `since` on are no longer vouched for.
+        inner.epoch += 1;
+        inner.writes += 1;
+        self.mark.send_if_modified(|m| {
+            let before = m.through;
+            m.through = m.through.min(since.saturating_sub(1));
+            m.through != before
+        });
         let Some(front) = inner.locs.front() else { return Ok(()) };
         let first = front.log_id.index;
         if since < first {
@@ -388,6 +495,12 @@ impl Wal {
         while inner.locs.front().is_some_and(|l| l.log_id.index <= upto) {
             inner.locs.pop_front();
         }
+        // What is purged is covered by a durable snapshot.
+        self.mark.send_if_modified(|m| {
+            let before = m.through;
+            m.through = m.through.max(upto);
+            m.through != before
+        });
         inner.delete_segments_before_first_entry()
     }
 }

@@ -241,3 +241,71 @@ async fn a_log_kept_in_sled_by_an_earlier_version_moves_into_the_files() {
     let db = retry_locked(|| sled::open(tmp.path().join("sled")));
     assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"raft_log"), "the old tree is dropped");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The durability mark: what the store waits on instead of openraft's flush report
+
+/// Whether `fut` is still pending after giving every other task a chance to run.
+async fn still_pending<F: std::future::Future>(fut: &mut std::pin::Pin<&mut F>) -> bool {
+    tokio::time::timeout(std::time::Duration::from_millis(50), fut.as_mut()).await.is_err()
+}
+
+#[tokio::test]
+async fn an_append_counts_as_durable_only_after_a_sync() {
+    let tmp = TempDir::new().unwrap();
+    let wal = Wal::open(tmp.path(), None, true).unwrap();
+    wal.append(&entries(1, 1..4)).unwrap();
+    assert_eq!(wal.durability().through, 0);
+
+    let through = wal.wait_through(3);
+    tokio::pin!(through);
+    let written = wal.wait_written();
+    tokio::pin!(written);
+    assert!(still_pending(&mut through).await, "written is not durable");
+    assert!(still_pending(&mut written).await);
+
+    wal.sync().unwrap();
+    through.await.unwrap();
+    written.await.unwrap();
+    assert_eq!(wal.durability().through, 3);
+    // Past the end of the log there is nothing a sync could vouch for: no waiting.
+    wal.wait_through(10).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_truncation_takes_back_the_mark_until_the_new_entries_are_synced() {
+    let tmp = TempDir::new().unwrap();
+    let wal = Wal::open(tmp.path(), None, true).unwrap();
+    wal.append(&entries(1, 1..6)).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.durability().through, 5);
+
+    // A new leader's entries replace 3..: the old ones were durable, these are not yet.
+    wal.truncate(3).unwrap();
+    assert_eq!(wal.durability().through, 2);
+    wal.append(&entries(2, 3..5)).unwrap();
+    let through = wal.wait_through(4);
+    tokio::pin!(through);
+    assert!(still_pending(&mut through).await);
+    wal.sync().unwrap();
+    through.await.unwrap();
+    assert_eq!(wal.durability().through, 4);
+
+    // Purged entries are covered by a durable snapshot.
+    wal.purge(4).unwrap();
+    wal.truncate(5).unwrap();
+    assert_eq!(wal.durability().through, 4);
+}
+
+#[test]
+fn a_reopened_log_is_durable_through_its_last_entry() {
+    let tmp = TempDir::new().unwrap();
+    {
+        let wal = Wal::open(tmp.path(), None, true).unwrap();
+        wal.append(&entries(1, 1..8)).unwrap();
+        // No sync: a process that died here left the entries in the page cache; opening syncs.
+    }
+    let wal = Wal::open(tmp.path(), None, true).unwrap();
+    assert_eq!(wal.durability().through, 7);
+    assert_eq!(wal.durability().writes, 0);
+}
