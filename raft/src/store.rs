@@ -237,10 +237,11 @@ fn rebuild_state_machine(
     }
     sm.insert(META_KEYS, encode(&keys))?;
     tracing::warn!(
-        from_index = from,
+        snapshot_index = from,
         keys,
         ms = started.elapsed().as_millis() as u64,
-        "the node did not stop cleanly: rebuilt the state machine from its snapshot; the log is applied again from there"
+        "the node did not stop cleanly: its state machine was rebuilt from {}; the log is applied again from there",
+        if from == 0 { "nothing (no snapshot yet)" } else { "its snapshot" }
     );
     Ok(())
 }
@@ -1207,7 +1208,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         // Keep a copy as the current snapshot (it is what we would send onwards), then replace
         // the state machine in one atomic batch: old keys out, snapshot keys in, applied and
-        // membership last. Keys absent from the snapshot must not survive.
+        // membership last. Keys absent from the snapshot must not survive. (An empty store is
+        // filled record by record instead, see below.)
         let name = snapshot_file_name(meta.last_log_id);
         let path = self.snap_dir.join(&name);
         let mut source = snapshot.into_std().await;
@@ -1215,6 +1217,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let last = meta.last_log_id;
         let membership = meta.last_membership.clone();
         let cut = self.cut.clone();
+        let (atomic, gate) = (self.atomic.clone(), self.gate.clone());
         let replaced = tokio::task::spawn_blocking(move || -> Result<(u64, u64), StoreError> {
             use std::io::{Seek, SeekFrom};
             source.seek(SeekFrom::Start(0))?;
@@ -1225,10 +1228,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             std::fs::rename(&tmp, &path)?;
             sync_dir(&path)?;
             let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
-            let mut b = sled::Batch::default();
             // Only a build of our own in progress needs the keys (it must still see the state at
             // its cut); no build can start during an install, both run in the state-machine worker.
             let building = cut.active();
+            // A store with nothing in it (a new member) has no readers to shield from a half-done
+            // install: the records go in one by one, without a batch of the whole key space in
+            // memory. A crash midway leaves it `running`, rebuilt from the previous snapshot.
+            let empty =
+                sm.iter().keys().find(|k| k.as_ref().map_or(true, |k| k.as_ref() != META_KEYS)).is_none();
+            if empty && !building && !atomic.load(std::sync::atomic::Ordering::Acquire) {
+                let closed = gate.lock().unwrap_or_else(|p| p.into_inner());
+                if *closed {
+                    return Err(StoreError::Io(std::io::Error::other("the state machine is closed")));
+                }
+                sm.clear()?;
+                let (mut pairs, mut ops, mut keys) = (0u64, 0u64, 0u64);
+                for pair in crate::codec::PairReader::new(reader)? {
+                    let (k, v) = pair?;
+                    if k == META_OPS {
+                        ops = decode(&v)?;
+                    }
+                    if k.first() == Some(&KV) {
+                        keys += 1;
+                    }
+                    pairs += 1;
+                    sm.insert(k, v)?;
+                }
+                sm.insert(META_MEMBERSHIP, encode(&membership))?;
+                sm.insert(META_KEYS, encode(&keys))?;
+                if let Some(last) = last {
+                    sm.insert(META_APPLIED, encode(&last))?;
+                }
+                return Ok((pairs, ops));
+            }
+            let mut b = sled::Batch::default();
             let mut touched: Vec<Vec<u8>> = Vec::new();
             for item in sm.iter().keys() {
                 let k = item?;
