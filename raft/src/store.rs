@@ -27,9 +27,12 @@
 //!   apply). A crash can therefore leave an apply half done. `raft_meta` says whether the state
 //!   machine is trustworthy: `running` from open until [`Closer::close`] marks it `clean` at a
 //!   graceful shutdown (after the last apply, and refusing any later one). A store found
-//!   `running` at open did not stop cleanly: its state machine is rebuilt from the current
-//!   snapshot (or from nothing), and openraft applies the log again from there. That needs the
-//!   log from the snapshot on, which holds because openraft purges only what a snapshot covers.
+//!   `running` at open did not stop cleanly; whether an apply was cut short is told by the
+//!   `applying` mark, written to `raft_meta` before an apply's records (the applied log id comes
+//!   after them), since sled recovers a prefix of its log. Only if one was is the state machine
+//!   rebuilt from the current snapshot (or from nothing), and openraft applies the log again
+//!   from there. That needs the log from the snapshot on, which holds because openraft purges
+//!   only what a snapshot covers.
 //!   Where no snapshot and log could rebuild the state (a store seeded from a backup, or an
 //!   earlier version's store with data and no snapshot) applies stay atomic sled batches until
 //!   the first snapshot is adopted.
@@ -171,20 +174,55 @@ const SM_CLEAN: &[u8] = b"clean";
 /// snapshot). Applies are then atomic batches, until the first snapshot is adopted.
 const SM_ATOMIC: &[u8] = b"sm_atomic";
 
+/// `raft_meta`: the last log id of the apply (or install, or rebuild) under way, written before
+/// any of its records. Equal to the state machine's applied log id once it is done.
+const APPLYING: &[u8] = b"applying";
+/// What [`APPLYING`] says while a rebuild or an install is under way: matches no applied log id.
+const REBUILDING: &[u8] = b"rebuilding";
+
+/// Whether an apply, install or rebuild was cut short. sled recovers a prefix of its log (its
+/// recovery stops at the first torn write; its own atomic batches rest on that), and [`APPLYING`]
+/// is written before an apply's records and the applied log id after them, in the same database:
+/// if any of an apply's records survived, the mark did, and it differs from the applied log id
+/// unless the last one survived too. No mark: no apply of this version ever ran.
+fn torn_apply(meta: &sled::Tree, sm: &sled::Tree) -> Result<bool, StoreError> {
+    Ok(match meta.get(APPLYING)? {
+        None => false,
+        Some(mark) => sm.get(META_APPLIED)?.as_deref() != Some(mark.as_ref()),
+    })
+}
+
 /// Make the state machine fit to apply to, and mark it running (the caller syncs that before any
 /// apply). After an unclean stop it is rebuilt from the snapshot; returns whether applies must be
 /// atomic.
 fn prepare_state_machine(
+    db: &sled::Db,
     meta: &sled::Tree,
-    sm: &sled::Tree,
     snap: &sled::Tree,
     snap_dir: &Path,
     wal: &Wal,
-) -> Result<bool, StoreError> {
+) -> Result<(sled::Tree, bool), StoreError> {
     let has_snapshot = snap.get(SNAP_FILE)?.is_some();
+    let mut sm = db.open_tree("sm")?;
     match meta.get(SM_STATE)?.as_deref() {
         Some(SM_CLEAN) => {}
-        Some(_) if meta.get(SM_ATOMIC)?.is_none() => rebuild_state_machine(sm, snap, snap_dir, wal)?,
+        Some(_) if meta.get(SM_ATOMIC)?.is_none() && torn_apply(meta, &sm)? => {
+            // Dropping the tree is far cheaper than deleting its records one by one.
+            meta.insert(APPLYING, REBUILDING)?;
+            drop(sm);
+            db.drop_tree("sm")?;
+            sm = db.open_tree("sm")?;
+            rebuild_state_machine(&sm, snap, snap_dir, wal)?;
+            match sm.get(META_APPLIED)? {
+                Some(applied) => meta.insert(APPLYING, applied)?,
+                None => meta.remove(APPLYING)?,
+            };
+        }
+        Some(_) if meta.get(SM_ATOMIC)?.is_none() => {
+            tracing::info!(
+                "the node did not stop cleanly, but no apply was cut short: the state machine is whole"
+            );
+        }
         Some(_) => {}
         None => {
             // An earlier version's store (every apply was atomic) or a brand-new one.
@@ -194,12 +232,14 @@ fn prepare_state_machine(
             }
         }
     }
+    ensure_key_count(&sm)?;
     meta.insert(SM_STATE, SM_RUNNING)?;
-    Ok(meta.get(SM_ATOMIC)?.is_some())
+    Ok((sm, meta.get(SM_ATOMIC)?.is_some()))
 }
 
-/// Replace the state machine with the current snapshot (or nothing, without one); openraft then
-/// applies the log from there. Only after an unclean stop, when applies may have been cut short.
+/// Fill the (empty) state machine from the current snapshot (or leave it empty, without one);
+/// openraft then applies the log from there. Only after an unclean stop, when applies may have
+/// been cut short.
 fn rebuild_state_machine(
     sm: &sled::Tree,
     snap: &sled::Tree,
@@ -219,7 +259,6 @@ fn rebuild_state_machine(
         }
     }
     let started = std::time::Instant::now();
-    sm.clear()?;
     let mut keys = 0u64;
     if let (Some(meta), Some(file)) = (meta, file) {
         let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(snap_dir.join(file))?);
@@ -295,14 +334,12 @@ pub fn open_with_cache(dir: &Path, durable: bool, cache_mb: u64) -> Result<Store
         None
     };
     let disk = Arc::new(Disk { db: db.clone(), log_file });
-    let sm = db.open_tree("sm")?;
-    ensure_key_count(&sm)?;
     let snap = db.open_tree("snapshot")?;
     let snap_dir = dir.join("snapshots");
     tidy_snapshots(&snap_dir, &snap, &db)?;
     let meta = db.open_tree("raft_meta")?;
     let wal = open_wal(dir, &db, &meta, durable)?;
-    let atomic = prepare_state_machine(&meta, &sm, &snap, &snap_dir, &wal)?;
+    let (sm, atomic) = prepare_state_machine(&db, &meta, &snap, &snap_dir, &wal)?;
     disk.sync_blocking()?;
     let atomic = Arc::new(std::sync::atomic::AtomicBool::new(atomic));
     let gate = Arc::new(std::sync::Mutex::new(false));
@@ -777,8 +814,12 @@ impl<'a> Overlay<'a> {
     }
 
     /// Write the pending records one by one, the applied log id last.
-    fn write_each(self, tree: &sled::Tree) -> sled::Result<()> {
+    fn write_each(self, tree: &sled::Tree, meta: &sled::Tree) -> sled::Result<()> {
         let mut applied = None;
+        if let Some(v) = self.writes.get(META_APPLIED).cloned().flatten() {
+            // First: which apply is under way (see `torn_apply`).
+            meta.insert(APPLYING, v)?;
+        }
         for (k, v) in self.writes {
             if k == META_APPLIED {
                 applied = v;
@@ -1144,7 +1185,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // rules): a crash midway is repaired by rebuilding from the snapshot and the log.
                 // sled 0.34's atomic batch costs two hand-offs of its IO buffer to its thread pool
                 // on every apply, on every node, which a single put waited for.
-                ov.write_each(&self.sm).map_err(|e| werr(e.into()))?;
+                ov.write_each(&self.sm, &self.meta).map_err(|e| werr(e.into()))?;
             }
         }
         for c in changes {
@@ -1217,7 +1258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let last = meta.last_log_id;
         let membership = meta.last_membership.clone();
         let cut = self.cut.clone();
-        let (atomic, gate) = (self.atomic.clone(), self.gate.clone());
+        let (atomic, gate, raft_meta) = (self.atomic.clone(), self.gate.clone(), self.meta.clone());
         let replaced = tokio::task::spawn_blocking(move || -> Result<(u64, u64), StoreError> {
             use std::io::{Seek, SeekFrom};
             source.seek(SeekFrom::Start(0))?;
@@ -1241,7 +1282,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if *closed {
                     return Err(StoreError::Io(std::io::Error::other("the state machine is closed")));
                 }
-                sm.clear()?;
+                raft_meta.insert(APPLYING, REBUILDING)?;
                 let (mut pairs, mut ops, mut keys) = (0u64, 0u64, 0u64);
                 for pair in crate::codec::PairReader::new(reader)? {
                     let (k, v) = pair?;
@@ -1256,8 +1297,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 sm.insert(META_MEMBERSHIP, encode(&membership))?;
                 sm.insert(META_KEYS, encode(&keys))?;
-                if let Some(last) = last {
-                    sm.insert(META_APPLIED, encode(&last))?;
+                match last {
+                    Some(last) => {
+                        sm.insert(META_APPLIED, encode(&last))?;
+                        raft_meta.insert(APPLYING, encode(&last))?;
+                    }
+                    None => {
+                        raft_meta.remove(APPLYING)?;
+                    }
                 }
                 return Ok((pairs, ops));
             }
@@ -1295,6 +1342,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             cut.preserve(&sm, touched)?;
             sm.apply_batch(b)?;
+            // Whole, so no longer "under way" (see `torn_apply`).
+            match last {
+                Some(last) => raft_meta.insert(APPLYING, encode(&last))?,
+                None => raft_meta.remove(APPLYING)?,
+            };
             Ok((pairs, ops))
         })
         .await

@@ -103,23 +103,39 @@ impl Replica {
         self.crash_and_reopen()
     }
 
+    /// Drop the store without closing it, in the middle of applying a put of `torn_key` at the
+    /// next index: what a killed process leaves when sled kept the first records of an apply
+    /// (the "applying" mark in `raft_meta`, then the key) but not its applied log id. Then open it
+    /// again.
+    fn crash_midway_and_reopen(self, torn_key: &KeyId) -> Self {
+        let Replica { dir, store, last_index } = self;
+        drop(store);
+        let db = retry_locked(|| sled::open(dir.path().join("sled")));
+        let meta = db.open_tree("raft_meta").unwrap();
+        let sm = db.open_tree("sm").unwrap();
+        meta.insert("applying", st2kv_raft::codec::encode(&log_id(1, last_index + 1))).unwrap();
+        let half_applied = Record {
+            id: "torn".into(),
+            value: "half applied".into(),
+            secret: false,
+            description: None,
+            expire_at_ms: None,
+            created_ms: T0,
+            updated_ms: T0,
+            revision: last_index + 1,
+        };
+        sm.insert(st2kv_raft::layout::kv_key(torn_key), st2kv_raft::codec::encode(&half_applied)).unwrap();
+        db.flush().unwrap();
+        drop((meta, sm, db));
+        let store = retry_locked(|| store::open(dir.path(), false));
+        Replica { dir, store, last_index }
+    }
+
     /// Drop the store without closing it, as a killed process would, and open it again.
     fn crash_and_reopen(self) -> Self {
         let Replica { dir, store, last_index } = self;
         drop(store);
-        // sled's background flusher may hold the directory's lock for a moment after the last
-        // handle is dropped; a restarted process would not see that, so wait it out (bounded).
-        let mut tries = 0;
-        let store = loop {
-            match store::open(dir.path(), false) {
-                Ok(s) => break s,
-                Err(e) if tries < 50 && e.to_string().contains("could not acquire lock") => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(e) => panic!("reopen store: {e}"),
-            }
-        };
+        let store = retry_locked(|| store::open(dir.path(), false));
         Replica { dir, store, last_index }
     }
 
@@ -192,6 +208,22 @@ impl Replica {
     async fn applied_state(&mut self) -> (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>) {
         self.store.state_machine.applied_state().await.expect("applied_state")
     }
+}
+
+/// `open` once the previous handle's lock is gone: sled's background flusher may hold the
+/// directory's lock for a moment after the last handle is dropped; a restarted process would not
+/// see that, so wait it out (bounded: 5 s).
+fn retry_locked<T, E: std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> T {
+    for _ in 0..50 {
+        match open() {
+            Ok(v) => return v,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+    panic!("the store's lock was not released within 5 s")
 }
 
 fn three_node_membership() -> Membership<NodeId, Node> {
@@ -963,7 +995,18 @@ async fn after_a_clean_stop_the_state_machine_is_kept_as_it_was() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_an_unclean_stop_the_state_machine_is_rebuilt_from_the_snapshot() {
+async fn after_an_unclean_stop_between_applies_the_state_machine_is_kept() {
+    let mut r = Replica::new();
+    r.run(T0, put(KeyId::system("a"), "1", T0)).await;
+    r.run(T0, put(KeyId::system("b"), "2", T0)).await;
+    let before = (r.applied_state().await, r.state_hash());
+    let mut r = r.crash_and_reopen();
+    assert_eq!((r.applied_state().await, r.state_hash()), before);
+    assert_eq!(keys_of(&r), ["a", "b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_cut_short_is_repaired_by_rebuilding_from_the_snapshot() {
     let mut r = Replica::new();
     r.run(T0, put(KeyId::system("a"), "1", T0)).await;
     r.run(T0, put(KeyId::system("b"), "2", T0)).await;
@@ -977,26 +1020,39 @@ async fn after_an_unclean_stop_the_state_machine_is_rebuilt_from_the_snapshot() 
     r.run(T0, delete(KeyId::system("a"), T0)).await;
     assert_eq!(keys_of(&r), ["b", "c"]);
 
-    let mut r = r.crash_and_reopen();
+    let mut r = r.crash_midway_and_reopen(&KeyId::system("torn"));
     assert_eq!((r.applied_state().await, r.state_hash()), at_snapshot);
-    assert_eq!(keys_of(&r), ["a", "b"]);
+    assert_eq!(keys_of(&r), ["a", "b"], "the half-applied key is gone with the rest");
     assert_eq!(r.store.view.key_count(), 2);
 
-    // And it goes on from there; a clean stop after the rebuild is trusted again.
+    // And it goes on from there, trusted again after any stop between applies.
     r.last_index = at_snapshot.0 .0.expect("applied").index;
     r.run(T0, put(KeyId::system("d"), "4", T0)).await;
+    let r = r.crash_and_reopen();
+    assert_eq!(keys_of(&r), ["a", "b", "d"]);
     let r = r.reopen();
     assert_eq!(keys_of(&r), ["a", "b", "d"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_an_unclean_stop_without_a_snapshot_the_state_machine_starts_empty() {
+async fn an_apply_cut_short_without_a_snapshot_leaves_an_empty_state_machine_for_the_log() {
     let mut r = Replica::new();
     r.run(T0, put(KeyId::system("a"), "1", T0)).await;
-    let mut r = r.crash_and_reopen();
+    let mut r = r.crash_midway_and_reopen(&KeyId::system("torn"));
     assert_eq!(r.applied_state().await.0, None, "openraft applies the whole log again");
     assert!(keys_of(&r).is_empty());
     assert_eq!(r.store.view.key_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_is_trusted_whatever_the_marks_say() {
+    // Closing waits for any apply under way and refuses later ones, so a store marked clean is
+    // whole: its state machine is not second-guessed.
+    let mut r = Replica::new();
+    r.run(T0, put(KeyId::system("a"), "1", T0)).await;
+    r.store.closer.close_blocking().expect("close");
+    let r = r.crash_midway_and_reopen(&KeyId::system("b"));
+    assert_eq!(keys_of(&r), ["a", "b"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1010,17 +1066,18 @@ async fn a_seeded_store_keeps_its_seed_across_an_unclean_stop_until_a_snapshot_h
 
     let r = Replica::new();
     store::seed_store(&r.store, r.dir.path(), &backup).expect("seed");
-    let mut r = r.crash_and_reopen();
-    assert_eq!(keys_of(&r), ["a", "b"], "nothing but the seed itself holds these keys");
+    let mut r = r.crash_midway_and_reopen(&KeyId::system("torn"));
+    // (A seeded store's applies are atomic sled batches, never cut short: the marks are not read.)
+    assert_eq!(keys_of(&r), ["a", "b", "torn"], "nothing but the seed itself holds a and b");
     r.run(T0, put(KeyId::system("c"), "3", T0)).await;
     let mut r = r.crash_and_reopen();
-    assert_eq!(keys_of(&r), ["a", "b", "c"], "applies stay atomic and are trusted");
+    assert_eq!(keys_of(&r), ["a", "b", "c", "torn"]);
 
-    // Once a snapshot holds the seed, an unclean stop rebuilds from it.
+    // Once a snapshot holds the seed, an apply cut short rebuilds from it.
     r.store.state_machine.get_snapshot_builder().await.build_snapshot().await.expect("build");
     r.run(T0, put(KeyId::system("d"), "4", T0)).await;
-    let r = r.crash_and_reopen();
-    assert_eq!(keys_of(&r), ["a", "b", "c"]);
+    let r = r.crash_midway_and_reopen(&KeyId::system("e"));
+    assert_eq!(keys_of(&r), ["a", "b", "c", "torn"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1050,7 +1107,7 @@ async fn a_snapshot_installed_into_an_empty_store_is_whole_and_is_what_a_rebuild
     let want = (a.applied_state().await, a.state_hash(), a.store.view.key_count());
     assert_eq!((b.applied_state().await, b.state_hash(), b.store.view.key_count()), want);
 
-    let mut b = b.crash_and_reopen();
+    let mut b = b.crash_midway_and_reopen(&KeyId::system("torn"));
     assert_eq!((b.applied_state().await, b.state_hash(), b.store.view.key_count()), want);
-    assert_eq!(keys_of(&b), ["b"]);
+    assert_eq!(keys_of(&b), ["b"], "rebuilt from the installed snapshot");
 }
