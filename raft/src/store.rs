@@ -262,13 +262,10 @@ fn rebuild_state_machine(
     let mut keys = 0u64;
     if let (Some(meta), Some(file)) = (meta, file) {
         let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(snap_dir.join(file))?);
-        for pair in crate::codec::PairReader::new(reader)? {
-            let (k, v) = pair?;
-            if k.first() == Some(&KV) {
-                keys += 1;
-            }
+        (_, _, keys) = read_snapshot_pairs(reader, |k, v| {
             sm.insert(k, v)?;
-        }
+            Ok(())
+        })?;
         if let Some(last) = meta.last_log_id {
             sm.insert(META_APPLIED, encode(&last))?;
         }
@@ -283,6 +280,26 @@ fn rebuild_state_machine(
         if from == 0 { "nothing (no snapshot yet)" } else { "its snapshot" }
     );
     Ok(())
+}
+
+/// Read a snapshot file's pairs, handing each to `put`; returns `(pairs, ops at the cut, keys)`.
+fn read_snapshot_pairs(
+    reader: impl std::io::Read,
+    mut put: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
+) -> Result<(u64, u64, u64), StoreError> {
+    let (mut pairs, mut ops, mut keys) = (0u64, 0u64, 0u64);
+    for pair in crate::codec::PairReader::new(reader)? {
+        let (k, v) = pair?;
+        if k == META_OPS {
+            ops = decode(&v)?;
+        }
+        if k.first() == Some(&KV) {
+            keys += 1;
+        }
+        pairs += 1;
+        put(k, v)?;
+    }
+    Ok((pairs, ops, keys))
 }
 
 /// Closes the state machine at shutdown: waits for an apply under way, refuses later ones, and
@@ -1283,18 +1300,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     return Err(StoreError::Io(std::io::Error::other("the state machine is closed")));
                 }
                 raft_meta.insert(APPLYING, REBUILDING)?;
-                let (mut pairs, mut ops, mut keys) = (0u64, 0u64, 0u64);
-                for pair in crate::codec::PairReader::new(reader)? {
-                    let (k, v) = pair?;
-                    if k == META_OPS {
-                        ops = decode(&v)?;
-                    }
-                    if k.first() == Some(&KV) {
-                        keys += 1;
-                    }
-                    pairs += 1;
+                let (pairs, ops, keys) = read_snapshot_pairs(reader, |k, v| {
                     sm.insert(k, v)?;
-                }
+                    Ok(())
+                })?;
                 sm.insert(META_MEMBERSHIP, encode(&membership))?;
                 sm.insert(META_KEYS, encode(&keys))?;
                 match last {
@@ -1317,21 +1326,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 b.remove(k);
             }
-            let (mut pairs, mut ops, mut keys) = (0u64, 0u64, 0u64);
-            for pair in crate::codec::PairReader::new(reader)? {
-                let (k, v) = pair?;
-                if k == META_OPS {
-                    ops = decode(&v)?;
-                }
-                if k.first() == Some(&KV) {
-                    keys += 1;
-                }
-                pairs += 1;
+            let (pairs, ops, keys) = read_snapshot_pairs(reader, |k, v| {
                 if building {
                     touched.push(k.clone());
                 }
                 b.insert(k, v);
-            }
+                Ok(())
+            })?;
             if let Some(last) = last {
                 b.insert(META_APPLIED, encode(&last));
             }

@@ -2,6 +2,8 @@
 //! hand go into `RaftStateMachine::apply`, snapshots are built on one store and installed on
 //! another, and every effect is checked through `store::StateView`, the node's read path.
 
+mod common;
+use common::retry_locked;
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::storage::RaftStateMachine;
@@ -208,22 +210,6 @@ impl Replica {
     async fn applied_state(&mut self) -> (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>) {
         self.store.state_machine.applied_state().await.expect("applied_state")
     }
-}
-
-/// `open` once the previous handle's lock is gone: sled's background flusher may hold the
-/// directory's lock for a moment after the last handle is dropped; a restarted process would not
-/// see that, so wait it out (bounded: 5 s).
-fn retry_locked<T, E: std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> T {
-    for _ in 0..50 {
-        match open() {
-            Ok(v) => return v,
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(100))
-            }
-            Err(e) => panic!("reopen: {e}"),
-        }
-    }
-    panic!("the store's lock was not released within 5 s")
 }
 
 fn three_node_membership() -> Membership<NodeId, Node> {

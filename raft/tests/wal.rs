@@ -1,6 +1,8 @@
 //! The Raft log files: what survives a restart, a torn last write, damage, purges, truncations,
 //! and the move of an older store's log out of sled.
 
+mod common;
+use common::retry_locked;
 use std::io::Write;
 use std::path::Path;
 
@@ -51,21 +53,6 @@ fn segments(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// `open` once the previous handle's lock is gone: sled's background flusher holds the directory
-/// lock for a moment after the last handle is dropped (bounded: 5 s).
-fn retry_locked<T, E: std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> T {
-    for _ in 0..50 {
-        match open() {
-            Ok(v) => return v,
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(100))
-            }
-            Err(e) => panic!("open: {e}"),
-        }
-    }
-    panic!("the sled lock was still held after 5 s");
 }
 
 #[test]
