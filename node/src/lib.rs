@@ -657,7 +657,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     }
     let _ = peer_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), peer_srv).await;
-    // Marks the state machine whole (no apply runs any more), so the next start need not rebuild it.
+    // Marks the state machine whole (no apply runs any more), so the next start trusts it as it is.
     closer.close().await.map_err(|e| anyhow::anyhow!("final storage sync failed: {e}"))?;
     tracing::info!("stopped");
     Ok(())

@@ -193,8 +193,8 @@ fn torn_apply(meta: &sled::Tree, sm: &sled::Tree) -> Result<bool, StoreError> {
 }
 
 /// Make the state machine fit to apply to, and mark it running (the caller syncs that before any
-/// apply). After an unclean stop it is rebuilt from the snapshot; returns whether applies must be
-/// atomic.
+/// apply). If an unclean stop cut an apply short it is rebuilt from the snapshot; returns whether
+/// applies must be atomic.
 fn prepare_state_machine(
     db: &sled::Db,
     meta: &sled::Tree,
@@ -238,8 +238,7 @@ fn prepare_state_machine(
 }
 
 /// Fill the (empty) state machine from the current snapshot (or leave it empty, without one);
-/// openraft then applies the log from there. Only after an unclean stop, when applies may have
-/// been cut short.
+/// openraft then applies the log from there. Only after an unclean stop cut an apply short.
 fn rebuild_state_machine(
     sm: &sled::Tree,
     snap: &sled::Tree,
@@ -312,8 +311,8 @@ pub struct Closer {
 }
 
 impl Closer {
-    /// Close (after Raft has stopped). A node that stops without this rebuilds its state
-    /// machine at the next start.
+    /// Close (after Raft has stopped). A node that stops without this has its state machine
+    /// checked for an apply cut short at the next start (see `torn_apply`).
     pub async fn close(&self) -> std::io::Result<()> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.close_blocking()).await.map_err(std::io::Error::other)?

@@ -229,11 +229,12 @@ impl Wal {
     /// has nothing to wait for: no sync would ever vouch for it.
     pub async fn wait_through(&self, index: u64) -> io::Result<()> {
         self.wait_until(|m| {
-            let beyond_the_log = match self.lock().locs.back() {
-                Some(last) => last.log_id.index < index,
-                None => true,
-            };
-            m.through >= index || beyond_the_log
+            // The mark is checked first: taking the log's lock is only needed when it falls short.
+            m.through >= index
+                || match self.lock().locs.back() {
+                    Some(last) => last.log_id.index < index,
+                    None => true,
+                }
         })
         .await
     }
