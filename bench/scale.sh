@@ -3,7 +3,9 @@
 # Sourced by run.sh after the clusters are up; uses its variables and start_node / start_etcd.
 #
 # Measures, per system: the prefix list of 100 keys at 1 000 keys and at N (it should not slow
-# down: O(page)), the rate at which N keys were written (128 at a time to the leader), each node's
+# down: O(page)); then, in the same store at N keys and alternating (so the machine's drift
+# cancels out), lists over the first 1 000 keys' ten prefixes (pages that stay hot) against lists
+# over all N keys' prefixes (mostly cold pages); the rate at which N keys were written (128 at a time to the leader), each node's
 # resident memory and data-dir size at N keys, the time from restarting a follower to it being
 # ready, and the time a new member takes to catch up; for st2kv also `st2kv key load` of 100 000
 # keys.
@@ -48,6 +50,24 @@ for r in doc["results"]:
 PY
 }
 
+# "system hot-p50 all-p50 ratio" lines from the alternating list runs in directory $1.
+alternating_figures() {
+  python3 - "$1" <<'PY'
+import json, statistics, sys
+d = sys.argv[1]
+p50 = {}
+for kind in ("hot", "all"):
+    for r in (1, 2, 3):
+        for res in json.load(open(f"{d}/list-{kind}{r}.json"))["results"]:
+            if res["workload"] == "list-100":
+                p50.setdefault(res["system"], {}).setdefault(kind, []).append(res["p50_ms"])
+for system, f in p50.items():
+    cell = lambda xs: f"{statistics.median(xs):.2f} [{min(xs):.2f}-{max(xs):.2f}]"
+    ratio = statistics.median(f["all"]) / statistics.median(f["hot"])
+    print(f"{system:<6} {cell(f['hot']):>22} {cell(f['all']):>22} {ratio:>8.2f}x")
+PY
+}
+
 run_scale() {
   local duration="${SCALE_DURATION:-5}" systems=(st2kv) report="$tmp/scale-report.txt"
   [ "$compare_etcd" = 1 ] && systems+=(etcd)
@@ -58,6 +78,12 @@ run_scale() {
   echo "== writing up to $scale keys, then list-100 at $scale keys" >&2
   "${bench[@]}" --scale-keys "$scale" --scale-from 1000 >"$tmp/list-n.json" 2> >(tee "$tmp/list-n.err" >&2)
   sleep 2
+  echo "== at $scale keys, alternating: lists over the first 1000 keys, lists over all $scale" >&2
+  local r
+  for r in 1 2 3; do
+    "${bench[@]}" --scale-keys 1000 --scale-from 1000 >"$tmp/list-hot$r.json" 2>/dev/null
+    "${bench[@]}" --scale-keys "$scale" --scale-from "$scale" >"$tmp/list-all$r.json" 2>/dev/null
+  done
 
   {
     echo "Scale: $scale keys of 100 bytes (plus the 1000 read keys), 3 nodes per system"
@@ -68,6 +94,10 @@ run_scale() {
       printf '  %-6s %12s %12s %10s %10s %11sx\n' "$sys" "$ops1" "$opsn" "$p501" "$p50n" \
         "$(awk -v a="$p50n" -v b="$p501" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')"
     done < <(list_figures "$tmp/list-1k.json") 3< <(list_figures "$tmp/list-n.json")
+    echo
+    echo "the same at $scale keys, alternating 3 times (median p50 ms [min-max]):"
+    printf '  %-6s %22s %22s %9s\n' system "first 1000 keys" "all $scale keys" "all/first"
+    alternating_figures "$tmp" | sed 's/^/  /'
     echo
     echo "writing the keys (128 at a time, to the leader):"
     grep -hE "wrote .* keys in|were retried" "$tmp/list-n.err" | sed "s/^ */  /"

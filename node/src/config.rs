@@ -79,7 +79,7 @@ pub struct Config {
 
     /// sled's page cache, in MiB. Pages beyond it are read back from the data dir's files (and
     /// the kernel's page cache); the node's resident memory is roughly this plus a working set.
-    #[arg(long, env = "ST2KV_CACHE_MB", default_value_t = 128)]
+    #[arg(long, env = "ST2KV_CACHE_MB", default_value_t = st2kv_raft::store::DEFAULT_CACHE_MB)]
     pub cache_mb: u64,
 
     /// Threads that run the node's async work; 0 means one per CPU core. When several nodes

@@ -328,8 +328,9 @@ impl Closer {
     }
 }
 
-/// sled's page cache unless the caller says otherwise (sled's own default is 1 GiB).
-pub const DEFAULT_CACHE_MB: u64 = 128;
+/// sled's page cache unless the caller says otherwise (sled's own default is 1 GiB): enough
+/// to keep the pages of a million 100-byte keys hot (docs/architecture.md).
+pub const DEFAULT_CACHE_MB: u64 = 320;
 
 /// Open (or create) the store under `dir`. `durable` adds an `fdatasync` to every sync.
 pub fn open(dir: &Path, durable: bool) -> Result<Store, StoreError> {

@@ -415,17 +415,23 @@ async fn an_expired_but_unpurged_key_is_gone_for_put_and_delete() {
 async fn a_batch_with_a_request_id_is_applied_once_and_the_retry_gets_the_first_outcomes() {
     let mut r = Replica::new();
     let key = KeyId::system("counter");
-    let ops = vec![op(put(key.clone(), "1", T0)), op(delete(KeyId::system("absent"), T0))];
+    let mut described = put(key.clone(), "1", T0);
+    if let Command::Put { description, .. } = &mut described {
+        *description = Some("counts".into());
+    }
+    let ops = vec![op(described), op(delete(KeyId::system("absent"), T0))];
 
     let first = r.propose_batch(T0, Some(7), ops.clone()).await;
-    assert!(
-        matches!(&first[..], [Outcome::Put { created: true, record }, Outcome::NotFound] if record.revision == 1)
-    );
+    assert!(matches!(
+        &first[..],
+        [Outcome::Put { created: true, record }, Outcome::NotFound]
+            if record.revision == 1 && record.value == "1" && record.description.as_deref() == Some("counts")
+    ));
     assert_eq!(r.ops_applied(), 2);
 
     // Entry 2 carries the same batch again (a forwarding retry after a lost answer).
     let second = r.propose_batch(T0 + 10, Some(7), ops).await;
-    assert_eq!(second, first, "a retry is answered with the first outcomes");
+    assert_eq!(second, first, "a retry is answered with the first outcomes, value and description too");
     assert_eq!(r.ops_applied(), 2, "nothing was applied again");
     assert_eq!(r.get(&key, T0).map(|rec| rec.revision), Some(1), "the retry did not write");
 
