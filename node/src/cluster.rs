@@ -496,10 +496,5 @@ pub async fn disk_watch(cluster: Arc<Cluster>, dir: std::path::PathBuf, min_free
 }
 
 fn free_mb(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid NUL-terminated string and `st` a valid, writable statvfs.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-    (rc == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) / (1024 * 1024))
+    st2kv_raft::wal::free_bytes(dir).map(|b| b / (1024 * 1024))
 }

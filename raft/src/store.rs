@@ -151,7 +151,12 @@ fn open_wal(dir: &Path, db: &sled::Db, meta: &sled::Tree, durable: bool) -> Resu
         db.flush()?;
         tracing::info!("moved the raft log from sled into {}", wal_dir.display());
     }
-    Ok(Wal::open(&wal_dir, purged.map(|l| l.index), durable)?)
+    let purged = purged.map(|l| l.index);
+    Ok(if durable {
+        Wal::open_with_spares(&wal_dir, purged, crate::wal::SEGMENT_BYTES)?
+    } else {
+        Wal::open(&wal_dir, purged, false)?
+    })
 }
 
 /// Count the `k` records once if the tree has no count yet (a store of an earlier version, or

@@ -12,6 +12,16 @@
 //! (entry index `u64` LE, payload length `u32` LE, CRC-32 of index and payload `u32` LE) followed
 //! by the bincode `Entry`.
 //!
+//! **Preallocated segments.** Once the current segment holds [`SPARE_AFTER`] bytes, a background
+//! thread prepares the next one as `next.spare`: zero-filled to [`SEGMENT_BYTES`] and synced. The
+//! log moves into it (a rename) when the current segment is full, or at once if the current one
+//! was not preallocated itself. Overwriting blocks that are already allocated and on disk changes
+//! neither the file's size nor its block map, so `fdatasync` need not commit the file system's
+//! journal, which three nodes' syncs otherwise queue on (etcd's WAL does the same). A zero tail
+//! after the last record is therefore not damage, in any segment. A node that never writes a
+//! megabyte of log (a test's) never prepares one. Below four segments' worth of free space, none
+//! is prepared.
+//!
 //! **Recovery.** Opening scans every segment. A record cut short or failing its checksum at the
 //! end of the *last* segment is a write that never finished (and so was never acknowledged): the
 //! file is cut back to the last good record. The same anywhere else is corruption, and opening
@@ -44,6 +54,11 @@ use crate::{NodeId, TypeConfig};
 /// A segment is closed once it holds this much; the next append starts a new file.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 const HEADER: usize = 16;
+/// A spare segment is prepared once the current one holds this many bytes (or a quarter of a
+/// segment, if less).
+pub const SPARE_AFTER: u64 = 1 << 20;
+/// The file a spare segment is prepared in; not a segment until renamed.
+pub const SPARE_NAME: &str = "next.spare";
 
 /// Where one entry lives.
 #[derive(Clone, Copy)]
@@ -60,6 +75,8 @@ struct Segment {
     file: Arc<File>,
     path: PathBuf,
     len: u64,
+    /// Zero-filled ahead of `len` (see "Preallocated segments" above).
+    preallocated: bool,
 }
 
 struct Inner {
@@ -121,6 +138,115 @@ pub struct Wal {
     durable: bool,
     segment_bytes: u64,
     mark: tokio::sync::watch::Sender<Durability>,
+    spares: Option<Arc<Spares>>,
+}
+
+/// The hand-over between the log and the thread that prepares spare segments.
+#[derive(Default)]
+struct Spares {
+    state: Mutex<SpareState>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct SpareState {
+    /// `next.spare`, zero-filled and synced.
+    ready: Option<File>,
+    /// The log asked for one.
+    wanted: bool,
+    /// The log is gone: the thread stops.
+    closed: bool,
+}
+
+impl Spares {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpareState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_all();
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Some(s) = &self.spares {
+            s.close();
+        }
+    }
+}
+
+/// Free bytes for unprivileged use on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid NUL-terminated string and `st` a valid, writable statvfs.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
+    (rc == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Create `path` holding `bytes` zeros, on disk. A megabyte at a time, each synced, with a pause
+/// after it: one flush of the whole segment would hold the disk for tens of milliseconds, and
+/// every node's log sync would wait behind it.
+fn zero_filled(path: &Path, bytes: u64) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < bytes {
+        let n = (bytes - at).min(chunk.len() as u64) as usize;
+        file.write_all_at(&chunk[..n], at)?;
+        file.sync_data()?;
+        at += n as u64;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// The spare-preparing thread: one zero-filled segment whenever the log wants one and has taken
+/// the last.
+fn prepare_spares(spares: Arc<Spares>, dir: PathBuf, bytes: u64) {
+    let path = dir.join(SPARE_NAME);
+    let pause = std::time::Duration::from_secs(30);
+    loop {
+        {
+            let mut g = spares.lock();
+            let wanted = |st: &SpareState| st.wanted && st.ready.is_none();
+            while !(g.closed || wanted(&g)) {
+                g = spares.wake.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            if g.closed {
+                return;
+            }
+        }
+        let result = match free_bytes(&dir) {
+            Some(free) if free < bytes.saturating_mul(4) => Err(None),
+            _ => zero_filled(&path, bytes).map_err(Some),
+        };
+        let mut g = spares.lock();
+        match result {
+            Ok(file) if !g.closed => {
+                g.ready = Some(file);
+                g.wanted = false;
+                spares.wake.notify_all();
+                continue;
+            }
+            Ok(_) => return,
+            Err(e) => {
+                if let Some(e) = e {
+                    tracing::warn!(error = %e, "preparing the next raft log segment failed; will retry");
+                }
+                let _ = std::fs::remove_file(&path);
+                // Try again later; meanwhile segments are created as plain files.
+                let (g2, _) = spares.wake.wait_timeout(g, pause).unwrap_or_else(|p| p.into_inner());
+                if g2.closed {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn corrupt(msg: String) -> io::Error {
@@ -156,7 +282,28 @@ impl Wal {
         durable: bool,
         segment_bytes: u64,
     ) -> io::Result<Wal> {
+        Wal::open_inner(dir, purged, durable, segment_bytes, false)
+    }
+
+    /// [`Wal::open_with_segment_size`], moving into preallocated segments prepared in the
+    /// background (see "Preallocated segments" above). What a node uses, with [`SEGMENT_BYTES`].
+    pub fn open_with_spares(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Wal> {
+        Wal::open_inner(dir, purged, true, segment_bytes, true)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        purged: Option<u64>,
+        durable: bool,
+        segment_bytes: u64,
+        spares: bool,
+    ) -> io::Result<Wal> {
         std::fs::create_dir_all(dir)?;
+        // A spare left by the last run is not part of the log; it is prepared again if wanted.
+        match std::fs::remove_file(dir.join(SPARE_NAME)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut firsts = Vec::new();
         for e in std::fs::read_dir(dir)? {
             let name = e?.file_name();
@@ -180,9 +327,10 @@ impl Wal {
             let last_segment = i + 1 == count;
             let path = dir.join(segment_name(first));
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            let good = scan(&file, first, purged, &mut inner.locs)?;
+            let (good, zero_tail) = scan(&file, first, purged, &mut inner.locs)?;
             let len = file.metadata()?.len();
-            if good < len {
+            let preallocated = good < len && zero_tail;
+            if good < len && !zero_tail {
                 if !last_segment {
                     return Err(corrupt(format!(
                         "{}: a damaged record at byte {good} before the last segment",
@@ -202,7 +350,7 @@ impl Wal {
                 inner.dir_dirty = true;
                 continue;
             }
-            inner.segments.insert(first, Segment { file: Arc::new(file), path, len: good });
+            inner.segments.insert(first, Segment { file: Arc::new(file), path, len: good, preallocated });
         }
         // Segments wholly below the purge point are leftovers of an interrupted purge.
         inner.delete_segments_before_first_entry()?;
@@ -217,7 +365,66 @@ impl Wal {
         }
         let through = inner.locs.back().map(|l| l.log_id.index).or(purged).unwrap_or(0);
         let (mark, _) = tokio::sync::watch::channel(Durability { through, writes: 0, failed: false });
-        Ok(Wal { inner: Mutex::new(inner), durable, segment_bytes: segment_bytes.max(1), mark })
+        let segment_bytes = segment_bytes.max(1);
+        let spares = spares.then(|| {
+            let s = Arc::new(Spares::default());
+            let (s2, dir) = (s.clone(), dir.to_path_buf());
+            std::thread::Builder::new()
+                .name("st2kv-log-spare".into())
+                .spawn(move || prepare_spares(s2, dir, segment_bytes))
+                .map(|_| s)
+        });
+        let spares = match spares {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => return Err(e),
+            None => None,
+        };
+        Ok(Wal { inner: Mutex::new(inner), durable, segment_bytes, mark, spares })
+    }
+
+    /// Wait up to `timeout` for a prepared spare segment (tests).
+    pub fn wait_for_spare(&self, timeout: std::time::Duration) -> bool {
+        let Some(spares) = &self.spares else { return false };
+        let g = spares.lock();
+        let (g, _) = spares
+            .wake
+            .wait_timeout_while(g, timeout, |st| st.ready.is_none() && !st.closed)
+            .unwrap_or_else(|p| p.into_inner());
+        g.ready.is_some()
+    }
+
+    /// The prepared spare, renamed to `to`; `None` if there is none (or the rename failed, and
+    /// the spare is dropped: the next one is prepared afresh).
+    fn take_spare(&self, to: &Path, dir: &Path) -> Option<File> {
+        let spares = self.spares.as_ref()?;
+        let mut g = spares.lock();
+        let file = g.ready.take()?;
+        spares.wake.notify_all();
+        match std::fs::rename(dir.join(SPARE_NAME), to) {
+            Ok(()) => Some(file),
+            Err(e) => {
+                tracing::warn!(error = %e, "moving the prepared raft log segment into place failed");
+                None
+            }
+        }
+    }
+
+    /// Ask for a spare once the current segment is worth one and none is ready.
+    fn want_spare(&self, current_len: u64) {
+        let Some(spares) = &self.spares else { return };
+        if current_len < SPARE_AFTER.min(self.segment_bytes / 4) {
+            return;
+        }
+        let mut g = spares.lock();
+        if g.ready.is_none() && !g.wanted {
+            g.wanted = true;
+            spares.wake.notify_all();
+        }
+    }
+
+    /// Whether a prepared spare is waiting.
+    fn spare_ready(&self) -> bool {
+        self.spares.as_ref().is_some_and(|s| s.lock().ready.is_some())
     }
 
     /// The current durability mark.
@@ -305,13 +512,21 @@ impl Wal {
             return Err(io::Error::other("appended entries are not consecutive"));
         }
         let full = match inner.segments.last_key_value() {
-            Some((_, s)) => s.len >= self.segment_bytes,
+            Some((_, s)) => s.len >= self.segment_bytes || (!s.preallocated && self.spare_ready()),
             None => true,
         };
         if full {
             let path = inner.dir.join(segment_name(head.log_id.index));
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
-            inner.segments.insert(head.log_id.index, Segment { file: Arc::new(file), path, len: 0 });
+            let (file, preallocated) = match self.take_spare(&path, &inner.dir) {
+                Some(f) => (f, true),
+                None => {
+                    let f =
+                        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+                    (f, false)
+                }
+            };
+            let seg = Segment { file: Arc::new(file), path, len: 0, preallocated };
+            inner.segments.insert(head.log_id.index, seg);
             inner.dir_dirty = true;
         }
         let (&seg_first, seg) = inner.segments.last_key_value().expect("a segment exists");
@@ -340,12 +555,16 @@ impl Wal {
             return Err(e);
         }
         let file = seg.file.clone();
+        let mut len = 0;
         if let Some(s) = inner.segments.get_mut(&seg_first) {
             s.len += buf.len() as u64;
+            len = s.len;
         }
         inner.dirty.insert(seg_first, file);
         inner.locs.extend(locs);
         inner.writes += 1;
+        drop(g);
+        self.want_spare(len);
         Ok(())
     }
 
@@ -482,6 +701,7 @@ impl Wal {
             if let Some(seg) = inner.segments.get_mut(&c.seg) {
                 seg.file.set_len(c.offset)?;
                 seg.len = c.offset;
+                seg.preallocated = false;
                 inner.dirty.insert(c.seg, seg.file.clone());
             }
         }
@@ -506,8 +726,9 @@ impl Wal {
     }
 }
 
-/// Read the records of one segment into `locs`; returns the length of its intact prefix.
-fn scan(file: &File, first: u64, purged: Option<u64>, locs: &mut VecDeque<Loc>) -> io::Result<u64> {
+/// Read the records of one segment into `locs`; returns the length of its intact prefix, and
+/// whether everything after that prefix is zeros (a preallocated segment's unused end).
+fn scan(file: &File, first: u64, purged: Option<u64>, locs: &mut VecDeque<Loc>) -> io::Result<(u64, bool)> {
     let len = file.metadata()?.len();
     let mut data = Vec::with_capacity(len as usize);
     io::Read::read_to_end(&mut io::BufReader::new(file), &mut data)?;
@@ -539,5 +760,5 @@ fn scan(file: &File, first: u64, purged: Option<u64>, locs: &mut VecDeque<Loc>) 
         }
         pos += HEADER + plen;
     }
-    Ok(pos as u64)
+    Ok((pos as u64, data[pos..].iter().all(|&b| b == 0)))
 }

@@ -296,3 +296,112 @@ fn a_reopened_log_is_durable_through_its_last_entry() {
     assert_eq!(wal.durability().through, 7);
     assert_eq!(wal.durability().writes, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Preallocated segments
+
+const SMALL_SEGMENT: u64 = 4096;
+
+fn wal_files(dir: &Path) -> Vec<String> {
+    segments(dir).into_iter().filter(|n| n.ends_with(".wal")).collect()
+}
+
+/// Where the records of a segment file end: the first all-zero header.
+fn end_of_records(bytes: &[u8]) -> usize {
+    let mut pos = 0;
+    while pos + 16 <= bytes.len() && bytes[pos..pos + 16].iter().any(|&b| b != 0) {
+        pos += 16 + u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
+    }
+    pos
+}
+
+/// A log with small segments that has moved into a preallocated one: entries 1..=n, the last
+/// segment zero-filled past its records.
+fn log_in_a_preallocated_segment(dir: &Path) -> u64 {
+    let wal = Wal::open_with_spares(dir, None, SMALL_SEGMENT).unwrap();
+    let mut next = 1;
+    // A quarter of a segment written asks for a spare.
+    loop {
+        wal.append(&entries(1, next..next + 1)).unwrap();
+        next += 1;
+        if std::fs::metadata(dir.join(&wal_files(dir)[0])).unwrap().len() >= SMALL_SEGMENT / 4 {
+            break;
+        }
+    }
+    assert!(wal.wait_for_spare(std::time::Duration::from_secs(10)), "a spare segment is prepared");
+    // The first segment was a plain file: the next append moves into the spare at once.
+    wal.append(&entries(1, next..next + 2)).unwrap();
+    next += 2;
+    wal.sync().unwrap();
+    let files = wal_files(dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let last = std::fs::read(dir.join(&files[1])).unwrap();
+    assert_eq!(last.len() as u64, SMALL_SEGMENT, "the new segment was preallocated");
+    assert!(end_of_records(&last) < last.len(), "zeros follow its records");
+    next - 1
+}
+
+#[test]
+fn a_log_moves_into_preallocated_segments_and_reopens_past_their_zeros() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("wal");
+    let last = log_in_a_preallocated_segment(&dir);
+
+    let wal = Wal::open_with_spares(&dir, None, SMALL_SEGMENT).unwrap();
+    assert_eq!(wal.bounds(), Some((log_id(1, 1), log_id(1, last))), "the zero tail is not an entry");
+    let kept = dir.join(&wal_files(&dir)[1]);
+    assert_eq!(std::fs::metadata(&kept).unwrap().len(), SMALL_SEGMENT, "nor damage to cut off");
+    // Appends go on right after the last record, not after the zeros, and roll over as usual.
+    for i in last + 1..last + 60 {
+        wal.append(&entries(1, i..i + 1)).unwrap();
+    }
+    wal.sync().unwrap();
+    assert!(wal_files(&dir).len() >= 3);
+    drop(wal);
+    let wal = Wal::open_with_spares(&dir, None, SMALL_SEGMENT).unwrap();
+    assert_eq!(ids(&wal.read(0, u64::MAX).unwrap()), ids(&entries(1, 1..last + 60)));
+}
+
+#[test]
+fn a_torn_write_into_a_preallocated_segment_is_cut_off() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("wal");
+    let last = log_in_a_preallocated_segment(&dir);
+    // A crash in the middle of the next append: half a record right after the last one.
+    let path = dir.join(wal_files(&dir).last().unwrap());
+    let end = end_of_records(&std::fs::read(&path).unwrap());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xab; 40], end as u64).unwrap();
+    drop(f);
+
+    let wal = Wal::open_with_spares(&dir, None, SMALL_SEGMENT).unwrap();
+    assert_eq!(wal.bounds(), Some((log_id(1, 1), log_id(1, last))));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), end as u64, "the torn record is cut off");
+    wal.append(&entries(1, last + 1..last + 3)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = Wal::open_with_spares(&dir, None, SMALL_SEGMENT).unwrap();
+    assert_eq!(ids(&wal.read(0, u64::MAX).unwrap()), ids(&entries(1, 1..last + 3)));
+}
+
+#[test]
+fn a_spare_left_by_a_crash_is_not_part_of_the_log() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("wal");
+    {
+        let wal = Wal::open(&dir, None, true).unwrap();
+        wal.append(&entries(1, 1..4)).unwrap();
+        wal.sync().unwrap();
+    }
+    // Even a spare that looks like a segment (here: a copy of one, with entries 1..3) is ignored.
+    let seg = dir.join(&wal_files(&dir)[0]);
+    std::fs::copy(&seg, dir.join(st2kv_raft::wal::SPARE_NAME)).unwrap();
+    let wal = Wal::open_with_spares(&dir, None, SMALL_SEGMENT).unwrap();
+    assert_eq!(wal.bounds(), Some((log_id(1, 1), log_id(1, 3))));
+    assert!(!dir.join(st2kv_raft::wal::SPARE_NAME).exists(), "the leftover spare is removed");
+    wal.append(&entries(1, 4..6)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = Wal::open_with_spares(&dir, None, SMALL_SEGMENT).unwrap();
+    assert_eq!(ids(&wal.read(0, u64::MAX).unwrap()), ids(&entries(1, 1..6)));
+}
