@@ -5,10 +5,10 @@
 # Measures, per system: the prefix list of 100 keys at 1 000 keys and at N (it should not slow
 # down: O(page)); then, in the same store at N keys and alternating (so the machine's drift
 # cancels out), lists over the first 1 000 keys' ten prefixes (pages that stay hot) against lists
-# over all N keys' prefixes (mostly cold pages); the rate at which N keys were written (128 at a time to the leader), each node's
-# resident memory and data-dir size at N keys, the time from restarting a follower to it being
-# ready, and the time a new member takes to catch up; for st2kv also `st2kv key load` of 100 000
-# keys.
+# over all N keys' prefixes (mostly cold pages); the rate at which N keys were written (128 at a
+# time to the leader), each node's resident memory and data-dir size at N keys, the time from
+# restarting a follower to it being ready, and the time a new member takes to catch up; for st2kv
+# also `st2kv key load` of 100 000 keys.
 
 # now: seconds since the epoch, with nanoseconds.
 now() { date +%s.%N; }

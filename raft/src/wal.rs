@@ -34,8 +34,9 @@
 //! again. The store lets openraft go on before an append is durable and waits on these marks
 //! where it matters instead (see [`crate::store`]).
 //!
-//! **What it does not do.** It does not sync by itself ([`Wal::sync`] is called by the store's
-//! sync thread, which batches appends into one `fdatasync`), keep entries in memory (reads are
+//! **What it does not do.** It does not sync appends by itself ([`Wal::sync`] is called by the
+//! store's sync thread, which batches appends into one `fdatasync`; its own thread syncs only the
+//! spare it prepares), keep entries in memory (reads are
 //! `pread`s, normally served by the OS page cache), or know anything about votes and the purge
 //! point: those stay in sled's `raft_meta` tree.
 
