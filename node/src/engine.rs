@@ -182,12 +182,57 @@ fn trigger_type_name(t: &Trigger) -> String {
 // ---------------------------------------------------------------------------------------------
 // Background tasks
 
+/// How often at most the feed reports changes it skipped.
+const LAG_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Skipped key changes, reported at most once per period with the total since the last report.
+/// A node catching up applies thousands of changes per batch of entries and would otherwise log
+/// a warning per batch (dozens a second while a new member replays the log).
+struct LagReport {
+    every: Duration,
+    last: Option<std::time::Instant>,
+    missed: u64,
+}
+
+impl LagReport {
+    fn new(every: Duration) -> Self {
+        LagReport { every, last: None, missed: 0 }
+    }
+
+    /// Count `n` more skipped changes; the total to report, if a report is due at `now`.
+    fn skipped(&mut self, n: u64, now: std::time::Instant) -> Option<u64> {
+        self.missed += n;
+        self.due(now)
+    }
+
+    /// The total skipped since the last report, if there is one and a report is due at `now`.
+    fn due(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self.missed == 0 || self.last.is_some_and(|t| now.duration_since(t) < self.every) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.missed))
+    }
+}
+
 /// Copy every key change this node applies into the replay buffer (on every node).
 pub async fn feed(app: Arc<App>, mut changes: tokio::sync::broadcast::Receiver<KeyChange>) {
     use tokio::sync::broadcast::error::RecvError;
+    let mut lag = LagReport::new(LAG_REPORT_EVERY);
+    let warn = |missed: u64| {
+        tracing::warn!(
+            missed,
+            "the key-change feed fell behind this node's applies and skipped changes; rules on key events miss them if this node leads before they are recorded"
+        )
+    };
     loop {
         match changes.recv().await {
             Ok(c) => {
+                if lag.missed > 0 {
+                    if let Some(missed) = lag.due(std::time::Instant::now()) {
+                        warn(missed);
+                    }
+                }
                 let mut guard = app.engine.kv.lock().expect("kv buffer lock");
                 let (kv, bytes) = &mut *guard;
                 *bytes += change_size(&c);
@@ -199,10 +244,9 @@ pub async fn feed(app: Arc<App>, mut changes: tokio::sync::broadcast::Receiver<K
                 }
             }
             Err(RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    missed = n,
-                    "the key-change feed overflowed; some key events were not recorded"
-                )
+                if let Some(missed) = lag.skipped(n, std::time::Instant::now()) {
+                    warn(missed);
+                }
             }
             Err(RecvError::Closed) => return,
         }
@@ -903,4 +947,29 @@ pub async fn complete_execution(
         return Err(ApiError::Conflict(format!("Execution \"{id}\" changed meanwhile; read it and retry.")));
     }
     Ok(Json(ex.to_json()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn skipped_changes_are_reported_at_once_then_summed_per_period() {
+        let every = Duration::from_secs(10);
+        let mut lag = LagReport::new(every);
+        let t0 = Instant::now();
+        assert_eq!(lag.due(t0), None, "nothing skipped, nothing to report");
+        assert_eq!(lag.skipped(100, t0), Some(100), "the first skip is reported at once");
+        assert_eq!(lag.skipped(30, t0 + Duration::from_secs(1)), None);
+        assert_eq!(lag.skipped(12, t0 + Duration::from_secs(9)), None);
+        assert_eq!(lag.due(t0 + Duration::from_secs(9)), None, "still within the period");
+        assert_eq!(lag.due(t0 + every), Some(42), "the period's skips are reported as one total");
+        assert_eq!(lag.due(t0 + every * 3), None, "and only once");
+        assert_eq!(
+            lag.skipped(5, t0 + every * 3),
+            Some(5),
+            "a skip after a quiet period is reported at once"
+        );
+    }
 }
