@@ -43,7 +43,7 @@
 // openraft's trait methods return its `StorageError` (large by design); our helpers share it.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -783,11 +783,32 @@ struct Overlay<'a> {
     at: (u64, u32),
     /// `k` records created minus removed by this batch.
     keys_delta: i64,
+    /// Revisions of the aux records guard checks have read in this batch (`None`: absent). Every
+    /// op of a client carries the same guards (its credential and its user), so a batch of many
+    /// ops reads each record once instead of once per op; a write to a record drops its entry.
+    revisions: HashMap<Vec<u8>, Option<u64>>,
 }
 
 impl<'a> Overlay<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        Overlay { tree, writes: BTreeMap::new(), changes: Vec::new(), at: (0, 0), keys_delta: 0 }
+        Overlay {
+            tree,
+            writes: BTreeMap::new(),
+            changes: Vec::new(),
+            at: (0, 0),
+            keys_delta: 0,
+            revisions: HashMap::new(),
+        }
+    }
+
+    /// The revision of aux record `k` as the batch would leave it so far.
+    fn aux_revision(&mut self, k: Vec<u8>) -> Result<Option<u64>, StoreError> {
+        if let Some(r) = self.revisions.get(&k) {
+            return Ok(*r);
+        }
+        let r = self.aux(&k)?.map(|r| r.revision);
+        self.revisions.insert(k, r);
+        Ok(r)
     }
 
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -798,10 +819,16 @@ impl<'a> Overlay<'a> {
     }
 
     fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        if !self.revisions.is_empty() {
+            self.revisions.remove(&k);
+        }
         self.writes.insert(k, Some(v));
     }
 
     fn del(&mut self, k: Vec<u8>) {
+        if !self.revisions.is_empty() {
+            self.revisions.remove(&k);
+        }
         self.writes.insert(k, None);
     }
 
@@ -1065,7 +1092,7 @@ fn apply_ops(
         *next_seq += 1;
         let mut guarded = true;
         for g in &op.guards {
-            if ov.aux(&aux_key(&g.table, &g.key))?.map(|r| r.revision) != Some(g.revision) {
+            if ov.aux_revision(aux_key(&g.table, &g.key))? != Some(g.revision) {
                 guarded = false;
                 break;
             }

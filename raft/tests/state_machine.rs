@@ -967,6 +967,44 @@ async fn an_op_applies_only_while_its_guards_hold() {
     assert_eq!(r.value(&KeyId::system("k"), T0).as_deref(), Some("ok"), "refused ops change nothing");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_sees_what_earlier_ops_of_its_own_entry_did_to_the_credential() {
+    use st2kv_raft::{Cond, Guard};
+    let mut r = Replica::new();
+    let token = |rev| Guard { table: "tokens".into(), key: "h1".into(), revision: rev };
+    let put_token = Command::PutAux {
+        table: "tokens".into(),
+        key: "h1".into(),
+        value: b"t".to_vec(),
+        expire_at_ms: None,
+        cond: Cond::Always,
+    };
+    let revoke = Command::DeleteAux { table: "tokens".into(), key: "h1".into(), cond: Cond::Always };
+    assert!(matches!(r.run(T0, put_token.clone()).await, Outcome::AuxPut { revision: 1, .. }));
+    let guarded = |rev, name: &str| Op { cmd: put(KeyId::system(name), "v", T0), guards: vec![token(rev)] };
+    // One entry, as the batcher builds it from several clients: the credential is checked, then
+    // revoked, then checked again, then issued anew (at the entry's index, 2) and checked again.
+    let outcomes = r
+        .propose(
+            T0,
+            vec![
+                guarded(1, "before"),
+                op(revoke),
+                guarded(1, "after-revoke"),
+                op(put_token),
+                guarded(1, "old-rev"),
+                guarded(2, "new-rev"),
+            ],
+        )
+        .await;
+    assert!(matches!(outcomes[0], Outcome::Put { .. }), "{outcomes:?}");
+    assert_eq!(outcomes[2], Outcome::GuardFailed, "a revocation earlier in the entry holds");
+    assert!(matches!(outcomes[3], Outcome::AuxPut { revision: 2, .. }), "{outcomes:?}");
+    assert_eq!(outcomes[4], Outcome::GuardFailed, "the re-issued credential has a new revision");
+    assert!(matches!(outcomes[5], Outcome::Put { .. }), "{outcomes:?}");
+    assert_eq!(keys_of(&r), ["before", "new-rev"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Restarts: a clean stop keeps the state machine, an unclean one rebuilds it from the snapshot
 
