@@ -946,42 +946,44 @@ async fn a_put_with_a_revision_condition_is_compare_and_set() {
     assert_eq!(r.value(&k, T0).as_deref(), Some("v4"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_op_applies_only_while_its_guards_hold() {
-    use st2kv_raft::{Cond, Guard};
-    let mut r = Replica::new();
-    let token = |rev| Guard { table: "tokens".into(), key: "h1".into(), revision: rev };
-    let put_token = Command::PutAux {
+/// The guard a write carries for the session token `h1` as it was at `revision`.
+fn token_guard(revision: u64) -> st2kv_raft::Guard {
+    st2kv_raft::Guard { table: "tokens".into(), key: "h1".into(), revision }
+}
+
+/// Issue the session token `h1` (its revision is the index of the entry that applies this).
+fn issue_token() -> Command {
+    Command::PutAux {
         table: "tokens".into(),
         key: "h1".into(),
         value: b"t".to_vec(),
         expire_at_ms: None,
-        cond: Cond::Always,
-    };
-    assert!(matches!(r.run(T0, put_token).await, Outcome::AuxPut { revision: 1, .. }));
-    let guarded = |rev, v: &str| Op { cmd: put(KeyId::system("k"), v, T0), guards: vec![token(rev)] };
+        cond: st2kv_raft::Cond::Always,
+    }
+}
+
+fn revoke_token() -> Command {
+    Command::DeleteAux { table: "tokens".into(), key: "h1".into(), cond: st2kv_raft::Cond::Always }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_applies_only_while_its_guards_hold() {
+    let mut r = Replica::new();
+    assert!(matches!(r.run(T0, issue_token()).await, Outcome::AuxPut { revision: 1, .. }));
+    let guarded = |rev, v: &str| Op { cmd: put(KeyId::system("k"), v, T0), guards: vec![token_guard(rev)] };
     assert!(matches!(r.propose(T0, vec![guarded(1, "ok")]).await[..], [Outcome::Put { .. }]));
     assert_eq!(r.propose(T0, vec![guarded(7, "stale")]).await, vec![Outcome::GuardFailed]);
-    r.run(T0, Command::DeleteAux { table: "tokens".into(), key: "h1".into(), cond: Cond::Always }).await;
+    r.run(T0, revoke_token()).await;
     assert_eq!(r.propose(T0, vec![guarded(1, "revoked")]).await, vec![Outcome::GuardFailed]);
     assert_eq!(r.value(&KeyId::system("k"), T0).as_deref(), Some("ok"), "refused ops change nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_sees_what_earlier_ops_of_its_own_entry_did_to_the_credential() {
-    use st2kv_raft::{Cond, Guard};
     let mut r = Replica::new();
-    let token = |rev| Guard { table: "tokens".into(), key: "h1".into(), revision: rev };
-    let put_token = Command::PutAux {
-        table: "tokens".into(),
-        key: "h1".into(),
-        value: b"t".to_vec(),
-        expire_at_ms: None,
-        cond: Cond::Always,
-    };
-    let revoke = Command::DeleteAux { table: "tokens".into(), key: "h1".into(), cond: Cond::Always };
-    assert!(matches!(r.run(T0, put_token.clone()).await, Outcome::AuxPut { revision: 1, .. }));
-    let guarded = |rev, name: &str| Op { cmd: put(KeyId::system(name), "v", T0), guards: vec![token(rev)] };
+    assert!(matches!(r.run(T0, issue_token()).await, Outcome::AuxPut { revision: 1, .. }));
+    let guarded =
+        |rev, name: &str| Op { cmd: put(KeyId::system(name), "v", T0), guards: vec![token_guard(rev)] };
     // One entry, as the batcher builds it from several clients: the credential is checked, then
     // revoked, then checked again, then issued anew (at the entry's index, 2) and checked again.
     let outcomes = r
@@ -989,9 +991,9 @@ async fn a_guard_sees_what_earlier_ops_of_its_own_entry_did_to_the_credential() 
             T0,
             vec![
                 guarded(1, "before"),
-                op(revoke),
+                op(revoke_token()),
                 guarded(1, "after-revoke"),
-                op(put_token),
+                op(issue_token()),
                 guarded(1, "old-rev"),
                 guarded(2, "new-rev"),
             ],
